@@ -1,0 +1,167 @@
+"""``shoal-agent``: run the agent for this host."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from agent import __version__
+from agent.config import AgentSettings
+from agent.runtime import Agent, AgentStartError
+from protocol.envelope import summarize_validation_error
+
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+log = logging.getLogger("shoal.agent")
+
+
+def install_event_loop_policy() -> None:
+    """Use uvloop when it is installed (an optional extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_agent(agent: Agent) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    try:
+        await agent.start()
+        await agent.serve_forever()
+    finally:
+        await agent.stop()
+
+
+@app.command()
+def main_command(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            "-s",
+            envvar="NATS_URL",
+            help="NATS server URL(s), comma-separated. [default: nats://127.0.0.1:4222]",
+        ),
+    ] = None,
+    host_id: Annotated[
+        str | None,
+        typer.Option(
+            "--host-id",
+            envvar="SHOAL_HOST_ID",
+            help="This host's id ([A-Za-z0-9_-]{1,64}). Default: the Docker engine's host name.",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            help="Label k=v (repeatable). Env SHOAL_LABELS=k=v,k2=v2.",
+        ),
+    ] = None,
+    docker_host: Annotated[
+        str | None,
+        typer.Option(
+            "--docker-host",
+            envvar="DOCKER_HOST",
+            help="Docker engine address. Default: the local socket.",
+        ),
+    ] = None,
+    creds: Annotated[
+        Path | None, typer.Option("--creds", envvar="NATS_CREDS", help="NATS credentials file.")
+    ] = None,
+    nkey: Annotated[
+        Path | None, typer.Option("--nkey", envvar="NATS_NKEY", help="NATS NKey seed file.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", envvar="NATS_USER")] = None,
+    password: Annotated[str | None, typer.Option("--password", envvar="NATS_PASSWORD")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="NATS_TOKEN")] = None,
+    tlsca: Annotated[
+        Path | None, typer.Option("--tlsca", envvar="NATS_CA", help="CA to verify the server.")
+    ] = None,
+    tlscert: Annotated[
+        Path | None, typer.Option("--tlscert", envvar="NATS_CERT", help="Client certificate.")
+    ] = None,
+    tlskey: Annotated[
+        Path | None, typer.Option("--tlskey", envvar="NATS_KEY", help="Client key.")
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix. [default: shoal]"),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="SHOAL_HEARTBEAT_INTERVAL",
+            help="Seconds between heartbeats. [default: 5]",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            envvar="SHOAL_CONCURRENCY",
+            help="Requests served at once. [default: 8]",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="SHOAL_LOG_LEVEL", help="debug, info, warning")
+    ] = "info",
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Run the Shoal agent: serve this host's Docker engine to the fleet over NATS."""
+    if version:
+        typer.echo(f"shoal-agent {__version__}")
+        raise typer.Exit(0)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "servers": server,
+            "host_id": host_id,
+            "labels": label or None,
+            "docker_host": docker_host,
+            "creds": creds,
+            "nkey": nkey,
+            "user": user,
+            "password": password,
+            "token": token,
+            "tlsca": tlsca,
+            "tlscert": tlscert,
+            "tlskey": tlskey,
+            "prefix": prefix,
+            "heartbeat_interval": heartbeat_interval,
+            "concurrency": concurrency,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = AgentSettings(**overrides)
+    except (ValidationError, ValueError) as exc:
+        message = summarize_validation_error(exc) if isinstance(exc, ValidationError) else exc
+        typer.echo(f"shoal-agent: invalid configuration: {message}", err=True)
+        raise typer.Exit(2) from None
+    install_event_loop_policy()
+    try:
+        asyncio.run(run_agent(Agent(settings, version=__version__)))
+    except AgentStartError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()

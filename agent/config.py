@@ -1,0 +1,139 @@
+"""Agent configuration: flags override environment variables override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from protocol import RESERVED_LABELS, NatsOptions, Subjects, validate_host_id
+from protocol.connection import DEFAULT_NATS_URL, split_servers
+from protocol.selectors import is_label_key, is_label_value
+from protocol.subjects import DEFAULT_PREFIX
+
+
+def parse_labels(value: Any) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` (or a list of ``k=v``) into a dict, rejecting bad keys."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        items = []
+        for part in (p.strip() for p in parts):
+            if not part:
+                continue
+            key, sep, val = part.partition("=")
+            if not sep:
+                raise ValueError(f"label {part!r} is not of the form key=value")
+            items.append((key.strip(), val.strip()))
+    labels: dict[str, str] = {}
+    for key, val in items:
+        if not is_label_key(key):
+            raise ValueError(f"invalid label key {key!r}")
+        if not is_label_value(val):
+            raise ValueError(f"invalid value {val!r} for label {key!r}")
+        if key in RESERVED_LABELS:
+            raise ValueError(f"label {key!r} is reserved: it is a fact the agent reports itself")
+        labels[key] = val
+    return labels
+
+
+class AgentSettings(BaseSettings):
+    """Settings of ``shoal-agent``. Environment names are listed per field."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    servers: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(DEFAULT_NATS_URL,), validation_alias=AliasChoices("servers", "NATS_URL")
+    )
+    creds: Path | None = Field(default=None, validation_alias=AliasChoices("creds", "NATS_CREDS"))
+    nkey: Path | None = Field(default=None, validation_alias=AliasChoices("nkey", "NATS_NKEY"))
+    user: str | None = Field(default=None, validation_alias=AliasChoices("user", "NATS_USER"))
+    password: str | None = Field(
+        default=None, validation_alias=AliasChoices("password", "NATS_PASSWORD")
+    )
+    token: str | None = Field(default=None, validation_alias=AliasChoices("token", "NATS_TOKEN"))
+    tlsca: Path | None = Field(default=None, validation_alias=AliasChoices("tlsca", "NATS_CA"))
+    tlscert: Path | None = Field(
+        default=None, validation_alias=AliasChoices("tlscert", "NATS_CERT")
+    )
+    tlskey: Path | None = Field(default=None, validation_alias=AliasChoices("tlskey", "NATS_KEY"))
+
+    host_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("host_id", "SHOAL_HOST_ID")
+    )
+    labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias=AliasChoices("labels", "SHOAL_LABELS")
+    )
+    docker_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
+    )
+    prefix: str = Field(
+        default=DEFAULT_PREFIX, validation_alias=AliasChoices("prefix", "SHOAL_PREFIX")
+    )
+    heartbeat_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("heartbeat_interval", "SHOAL_HEARTBEAT_INTERVAL"),
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=256, validation_alias=AliasChoices("concurrency", "SHOAL_CONCURRENCY")
+    )
+    queue_limit: int = Field(
+        default=256, ge=0, validation_alias=AliasChoices("queue_limit", "SHOAL_QUEUE_LIMIT")
+    )
+    docker_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("docker_timeout", "SHOAL_DOCKER_TIMEOUT"),
+    )
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        validation_alias=AliasChoices("shutdown_grace", "SHOAL_SHUTDOWN_GRACE"),
+    )
+    max_clock_skew: float = Field(
+        default=300.0,
+        ge=0,
+        validation_alias=AliasChoices("max_clock_skew", "SHOAL_MAX_CLOCK_SKEW"),
+    )
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: Any) -> tuple[str, ...]:
+        return split_servers(value)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> dict[str, str]:
+        return parse_labels(value)
+
+    @field_validator("host_id")
+    @classmethod
+    def _check_host_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_host_id(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        Subjects(value)
+        return value
+
+    def nats_options(self, host_id: str) -> NatsOptions:
+        return NatsOptions(
+            servers=self.servers,
+            creds=self.creds,
+            nkey=self.nkey,
+            user=self.user,
+            password=self.password,
+            token=self.token,
+            tlsca=self.tlsca,
+            tlscert=self.tlscert,
+            tlskey=self.tlskey,
+            name=f"shoal-agent:{host_id}",
+        )

@@ -1,0 +1,76 @@
+"""The real engine: the Docker Engine API through the Docker SDK.
+
+Every Docker SDK call of the agent lives in this package, split by resource.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import docker
+
+from agent.docker.containers import list_containers
+from agent.docker.errors import translate_docker_errors
+from agent.docker.system import engine_info, ping_engine
+from agent.engine import EngineInfo
+from protocol import ContainerSummary, DockerUnavailable, PsArgs
+
+T = TypeVar("T")
+
+
+class DockerEngine:
+    """An :class:`agent.engine.Engine` backed by a Docker engine.
+
+    The SDK client is created lazily and recreated after the engine was
+    unreachable, so an agent started before its engine (or outliving an engine
+    restart) serves again without a restart of its own.
+    """
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> docker.DockerClient:
+        with self._lock:
+            if self._client is None:
+                with translate_docker_errors("connect to the Docker engine"):
+                    if self.base_url:
+                        client = docker.DockerClient(
+                            base_url=self.base_url, version="auto", timeout=int(self.timeout)
+                        )
+                    else:
+                        client = docker.from_env(version="auto", timeout=int(self.timeout))
+                self._client = client
+            return self._client
+
+    def _reset(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _call(self, fn: Callable[[docker.DockerClient], T]) -> T:
+        try:
+            return fn(self._get_client())
+        except DockerUnavailable:
+            self._reset()
+            raise
+
+    def info(self) -> EngineInfo:
+        return self._call(engine_info)
+
+    def ping(self) -> None:
+        self._call(ping_engine)
+
+    def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
+        return self._call(lambda client: list_containers(client, args))
+
+    def close(self) -> None:
+        self._reset()
+
+
+__all__ = ["DockerEngine"]

@@ -1,0 +1,567 @@
+"""The agent runtime: one NATS connection, request dispatch, heartbeats.
+
+A NATS callback never blocks: each request becomes its own task, bounded by a
+concurrency limit and a queue limit, and every engine call runs in a bounded
+thread pool with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ValidationError
+
+from agent.config import AgentSettings
+from agent.docker import DockerEngine
+from agent.engine import Engine, EngineInfo
+from agent.handlers import HANDLERS, RequestContext
+from protocol import (
+    PROTOCOL_VERSION,
+    VERBS,
+    AgentEvent,
+    AgentFacts,
+    BadRequest,
+    Busy,
+    DockerFacts,
+    EventKind,
+    Expired,
+    OperationTimeout,
+    PayloadTooLarge,
+    Progress,
+    Replayed,
+    Reply,
+    Request,
+    ShoalError,
+    ShuttingDown,
+    Subjects,
+    Target,
+    UnknownVerb,
+    Verb,
+    decode_request,
+    error_reply,
+    normalize_arch,
+    request_head,
+    sanitize_host_id,
+    utcnow,
+)
+from protocol.envelope import UNKNOWN_REQUEST_ID, summarize_validation_error
+
+log = logging.getLogger("shoal.agent")
+T = TypeVar("T")
+
+ENGINE_PROBE_TIMEOUT = 5.0
+DUPLICATE_CHECK_TIMEOUT = 2.0
+CONNECT_BACKOFF_MAX = 10.0
+
+
+class AgentStartError(Exception):
+    """The agent cannot start (bad configuration, host id already in use, …)."""
+
+
+class Agent:
+    """A Shoal agent for one host. Use as an async context manager, or start()/stop()."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        engine: Engine | None = None,
+        *,
+        version: str = "0.1.0",
+    ) -> None:
+        self.settings = settings
+        self.engine: Engine = engine or DockerEngine(
+            settings.docker_host, timeout=settings.docker_timeout
+        )
+        self.subjects = Subjects(settings.prefix)
+        self.version = version
+        self.instance = uuid.uuid4().hex
+        self.started_at = utcnow()
+        self.host_id: str = settings.host_id or ""
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.concurrency + 2, thread_name_prefix="shoal-engine"
+        )
+        self._nc: NATS | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._pending = 0
+        self._accepting = False
+        self._closed = False
+        self._stop_requested = asyncio.Event()
+        self._engine_info: EngineInfo | None = None
+        self._docker = DockerFacts(reachable=False, error="not probed yet")
+        self._seen: dict[str, datetime] = {}
+        self.ready = asyncio.Event()
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Probe the engine, connect to NATS, refuse a duplicate host id, subscribe."""
+        await self._probe_engine()
+        if not self.host_id:
+            self.host_id = self._default_host_id()
+        log.info("agent %s starting (instance %s)", self.host_id, self.instance)
+        self._nc = await self._connect()
+        await self._refuse_duplicate()
+        self._accepting = True
+        nc = self._nc
+        for subject in (
+            self.subjects.host_all_verbs(self.host_id),
+            self.subjects.broadcast_all_verbs(),
+        ):
+            self._subs.append(
+                await nc.subscribe(
+                    subject,
+                    cb=self._on_request,
+                    pending_msgs_limit=100_000,
+                    pending_bytes_limit=256 * 1024 * 1024,
+                )
+            )
+        await nc.flush()
+        await self._publish_heartbeat()
+        await self._publish_event(EventKind.STARTED, f"agent {self.version} started")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        self.ready.set()
+        log.info(
+            "agent %s ready on %s (docker %s)",
+            self.host_id,
+            nc.connected_url.netloc if nc.connected_url else "?",
+            "reachable" if self._docker.reachable else "UNREACHABLE",
+        )
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    async def serve_forever(self) -> None:
+        await self._stop_requested.wait()
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish those in flight (bounded), say goodbye, close.
+
+        Safe to call twice.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        self._stop_requested.set()
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        self._subs.clear()
+        if self._tasks:
+            log.info("waiting for %d request(s) in flight", len(self._tasks))
+            _, still = await asyncio.wait(
+                set(self._tasks), timeout=self.settings.shutdown_grace or None
+            )
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2.0)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            try:
+                await self._publish_event(EventKind.STOPPING, "agent stopping")
+                await self._publish_heartbeat(status="leaving")
+                await nc.flush(timeout=2)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("could not announce leaving: %s", exc)
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        log.info("agent %s stopped", self.host_id)
+
+    # --- NATS -------------------------------------------------------------------
+
+    async def _connect(self) -> NATS:
+        options = self.settings.nats_options(self.host_id)
+        delay = 0.5
+        while True:
+            try:
+                return await nats.connect(
+                    **options.connect_kwargs(),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1.0,
+                    connect_timeout=3,
+                    ping_interval=2,
+                    max_outstanding_pings=2,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                if isinstance(exc, nats.errors.Error) and "Authorization" in str(exc):
+                    raise AgentStartError(f"NATS refused the credentials: {exc}") from exc
+                log.warning(
+                    "cannot reach NATS at %s (%s); retrying in %.1fs",
+                    ",".join(options.servers),
+                    exc or type(exc).__name__,
+                    delay,
+                )
+                try:
+                    await asyncio.wait_for(self._stop_requested.wait(), timeout=delay)
+                except TimeoutError:
+                    delay = min(delay * 2, CONNECT_BACKOFF_MAX)
+                    continue
+                raise AgentStartError("stopped before NATS was reachable") from exc
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        log.warning("NATS error: %s", exc or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        url = nc.connected_url.netloc if nc and nc.connected_url else "?"
+        log.info("reconnected to NATS at %s", url)
+        if self._accepting:
+            asyncio.create_task(self._publish_heartbeat())  # noqa: RUF006 - fire and forget
+
+    async def _refuse_duplicate(self) -> None:
+        """Refuse to start if a live agent already answers for this host id."""
+        assert self._nc is not None
+        probe = Request(
+            verb=Verb.PING,
+            target=Target(host=self.host_id),
+            sender=f"agent:{self.instance}",
+            ttl=10,
+        )
+        try:
+            msg = await self._nc.request(
+                self.subjects.host(self.host_id, Verb.PING),
+                probe.model_dump_json().encode(),
+                timeout=DUPLICATE_CHECK_TIMEOUT,
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return
+        other = "another agent"
+        try:
+            reply = Reply.model_validate_json(msg.data)
+            if reply.ok and reply.result:
+                facts = AgentFacts.model_validate(reply.result)
+                other = (
+                    f"agent instance {facts.instance} on {facts.hostname or '?'} "
+                    f"(started {facts.started_at.isoformat(timespec='seconds')})"
+                )
+        except ValidationError:
+            pass
+        await self._nc.close()
+        raise AgentStartError(
+            f"host id {self.host_id!r} is already served by {other}; "
+            "stop it first or give this agent another --host-id"
+        )
+
+    # --- engine -----------------------------------------------------------------
+
+    async def in_engine(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run a blocking engine call in the pool, with a time limit."""
+        limit = timeout if timeout is not None else self.settings.docker_timeout
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, fn, *args)
+        try:
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError as exc:
+            raise OperationTimeout(f"the Docker engine did not answer within {limit:g}s") from exc
+
+    async def _probe_engine(self) -> None:
+        """Refresh Docker reachability, publishing an event when it changes."""
+        was = self._docker.reachable
+        try:
+            if self._engine_info is None or not was:
+                self._engine_info = await self.in_engine(
+                    self.engine.info, timeout=ENGINE_PROBE_TIMEOUT
+                )
+            else:
+                await self.in_engine(self.engine.ping, timeout=ENGINE_PROBE_TIMEOUT)
+        except ShoalError as exc:
+            self._docker = DockerFacts(reachable=False, error=exc.message)
+            if was:
+                log.warning("Docker engine lost: %s", exc.message)
+                await self._publish_event(EventKind.ENGINE_LOST, exc.message)
+            return
+        info = self._engine_info
+        self._docker = DockerFacts(
+            reachable=True, version=info.version, api_version=info.api_version
+        )
+        if not was and self._nc is not None:
+            log.info("Docker engine reachable (version %s)", info.version)
+            await self._publish_event(EventKind.ENGINE_REGAINED, f"Docker {info.version}")
+
+    def _default_host_id(self) -> str:
+        if self._engine_info is not None and self._engine_info.name:
+            return sanitize_host_id(self._engine_info.name)
+        name = socket.gethostname()
+        log.warning(
+            "Docker engine unreachable; using the local host name %r as host id "
+            "(set --host-id to pin it)",
+            name,
+        )
+        return sanitize_host_id(name)
+
+    # --- facts, heartbeats, events -----------------------------------------------
+
+    def facts(self, status: str = "online") -> AgentFacts:
+        info = self._engine_info
+        arch, variant = normalize_arch(info.arch if info and info.arch else platform.machine())
+        return AgentFacts(
+            host_id=self.host_id,
+            instance=self.instance,
+            status="leaving" if status == "leaving" else "online",
+            labels=dict(self.settings.labels),
+            arch=arch,
+            variant=variant,
+            os=(info.os if info and info.os else platform.system().lower()),
+            kernel=(info.kernel if info and info.kernel else platform.release()),
+            hostname=socket.gethostname(),
+            docker=self._docker,
+            agent_version=self.version,
+            protocol_version=PROTOCOL_VERSION,
+            started_at=self.started_at,
+            sent_at=utcnow(),
+            heartbeat_interval=self.settings.heartbeat_interval,
+        )
+
+    async def current_facts(self) -> AgentFacts:
+        await self._probe_engine()
+        return self.facts()
+
+    async def _publish_heartbeat(self, status: str = "online") -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
+        await self._nc.publish(
+            self.subjects.heartbeat(self.host_id), self.facts(status).model_dump_json().encode()
+        )
+
+    async def _publish_event(self, kind: EventKind, message: str = "") -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
+        event = AgentEvent(
+            host_id=self.host_id, instance=self.instance, kind=kind, at=utcnow(), message=message
+        )
+        await self._nc.publish(
+            self.subjects.event(self.host_id, kind), event.model_dump_json().encode()
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._probe_engine()
+                await self._publish_heartbeat()
+                self._forget_expired()
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # --- requests ---------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        """NATS callback: never blocks; schedules the request as its own task."""
+        if not self._accepting:
+            await self._reply_refusal(msg, ShuttingDown("the agent is shutting down"))
+            return
+        limit = self.settings.concurrency + self.settings.queue_limit
+        if self._pending >= limit:
+            await self._reply_refusal(
+                msg, Busy(f"the agent has {self._pending} requests queued or running")
+            )
+            return
+        self._pending += 1
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reply_refusal(self, msg: Msg, exc: ShoalError) -> None:
+        _, request_id = request_head(msg.data)
+        reply = error_reply(
+            request_id or UNKNOWN_REQUEST_ID, self.host_id, exc, started_at=utcnow()
+        )
+        await self._send(msg.reply, reply)
+
+    async def _serve(self, msg: Msg) -> None:
+        started_at = utcnow()
+        t0 = time.monotonic()
+        request_id = UNKNOWN_REQUEST_ID
+        reply: Reply | None
+        try:
+            try:
+                request = self._admit(msg)
+                if request is None:
+                    return  # a broadcast for other hosts
+                request_id = request.id
+                async with self._slots:
+                    result = await self._dispatch(request, msg.reply)
+                reply = Reply(
+                    id=request.id,
+                    host=self.host_id,
+                    ok=True,
+                    result=result.model_dump(mode="json"),
+                    started_at=started_at,
+                    duration=time.monotonic() - t0,
+                )
+            except ShoalError as exc:
+                if request_id == UNKNOWN_REQUEST_ID:
+                    request_id = request_head(msg.data)[1] or UNKNOWN_REQUEST_ID
+                log.info("request %s refused or failed: %s: %s", request_id, exc.code, exc.message)
+                reply = error_reply(
+                    request_id,
+                    self.host_id,
+                    exc,
+                    started_at=started_at,
+                    duration=time.monotonic() - t0,
+                )
+            except Exception:
+                log.exception("internal error serving request %s", request_id)
+                reply = error_reply(
+                    request_id,
+                    self.host_id,
+                    ShoalError("internal agent error; see the agent's log"),
+                    started_at=started_at,
+                    duration=time.monotonic() - t0,
+                )
+            await self._send(msg.reply, reply)
+        finally:
+            self._pending -= 1
+
+    def _admit(self, msg: Msg) -> Request | None:
+        """Validate a request against the subject, its time window and replays."""
+        request = decode_request(msg.data)
+        verb = self.subjects.verb_of(msg.subject)
+        if request.verb != verb:
+            raise BadRequest(f"request verb {request.verb!r} does not match subject verb {verb!r}")
+        broadcast = msg.subject == self.subjects.broadcast(verb)
+        if broadcast:
+            if request.target.selector is None:
+                raise BadRequest("a broadcast request must carry a selector")
+            if not request.target.matches(self.host_id, self.facts().selectable()):
+                return None
+        elif request.target.host != self.host_id:
+            raise BadRequest(
+                f"request for host {request.target.host!r} arrived at {self.host_id!r}"
+            )
+        now = utcnow()
+        skew = timedelta(seconds=self.settings.max_clock_skew)
+        if now > request.expires_at:
+            raise Expired(
+                f"request expired at {request.expires_at.isoformat(timespec='seconds')}",
+                detail={"expires_at": request.expires_at.isoformat()},
+            )
+        if request.issued_at > now + skew:
+            raise Expired("request issued in the future; check the clocks")
+        if request.id in self._seen:
+            raise Replayed(
+                f"request {request.id} was already received; a request runs at most once"
+            )
+        self._seen[request.id] = request.expires_at + skew
+        return request
+
+    async def _dispatch(self, request: Request, reply_to: str | None) -> BaseModel:
+        try:
+            verb = Verb(request.verb)
+        except ValueError:
+            raise UnknownVerb(
+                f"unknown verb {request.verb!r}",
+                detail={"known": sorted(str(v) for v in VERBS)},
+            ) from None
+        spec = VERBS[verb]
+        try:
+            args = spec.args.model_validate(request.args)
+        except ValidationError as exc:
+            raise BadRequest(
+                f"invalid arguments for {verb}: {summarize_validation_error(exc)}"
+            ) from exc
+        ctx = RequestContext(self, request, reply_to)
+        return await HANDLERS[verb](ctx, args)
+
+    def _forget_expired(self) -> None:
+        now = utcnow()
+        for request_id in [rid for rid, exp in self._seen.items() if exp < now]:
+            del self._seen[request_id]
+
+    async def send_progress(
+        self,
+        ctx: RequestContext,
+        phase: str,
+        message: str,
+        *,
+        seq: int,
+        current: float | None,
+        total: float | None,
+    ) -> None:
+        progress = Progress(
+            id=ctx.request.id,
+            host=self.host_id,
+            seq=seq,
+            phase=phase,
+            message=message,
+            current=current,
+            total=total,
+        )
+        await self._send(ctx.reply_to, progress)
+
+    async def _send(self, reply_to: str | None, message: BaseModel) -> None:
+        if not reply_to or self._nc is None or self._nc.is_closed:
+            return
+        data = message.model_dump_json().encode()
+        limit = self._nc.max_payload
+        if len(data) > limit and isinstance(message, Reply):
+            exc = PayloadTooLarge(
+                f"the reply of {len(data)} bytes exceeds the server's max payload of {limit}",
+                detail={"size": len(data), "limit": limit},
+            )
+            data = (
+                error_reply(
+                    message.id,
+                    self.host_id,
+                    exc,
+                    started_at=message.started_at,
+                    duration=message.duration,
+                )
+                .model_dump_json()
+                .encode()
+            )
+        try:
+            await self._nc.publish(reply_to, data)
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("could not send reply to %s: %s", reply_to, exc)
+
+
+__all__ = ["Agent", "AgentStartError"]

@@ -1,0 +1,93 @@
+"""How to reach NATS: servers and every auth method nats-py offers.
+
+Pure data, spelled the way ``nats`` CLI users expect. Both the agent and the
+controller turn it into ``nats.connect`` keyword arguments with
+:meth:`NatsOptions.connect_kwargs`; the only file access is loading TLS
+material when that method is called.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def split_servers(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Split ``nats://a:4222,nats://b:4222`` (as the nats CLI takes it) into URLs."""
+    if value is None:
+        return (DEFAULT_NATS_URL,)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    urls = tuple(u.strip() for item in items for u in item.split(",") if u.strip())
+    return urls or (DEFAULT_NATS_URL,)
+
+
+class NatsOptions(BaseModel):
+    """Connection settings for NATS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    servers: tuple[str, ...] = (DEFAULT_NATS_URL,)
+    creds: Path | None = Field(default=None, description="NATS credentials file (JWT + seed).")
+    nkey: Path | None = Field(default=None, description="NKey seed file.")
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tlsca: Path | None = None
+    tlscert: Path | None = None
+    tlskey: Path | None = None
+    name: str = "shoal"
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> tuple[str, ...]:
+        return split_servers(value)
+
+    @field_validator("servers")
+    @classmethod
+    def _check_scheme(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if "://" in url and url.split("://", 1)[0] not in ("nats", "tls", "ws", "wss"):
+                raise ValueError(f"unsupported NATS URL scheme in {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> NatsOptions:
+        if (self.tlscert is None) != (self.tlskey is None):
+            raise ValueError("--tlscert and --tlskey go together")
+        if self.password is not None and self.user is None:
+            raise ValueError("a password needs a user")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context from the CA and client certificate files, if any are set."""
+        if self.tlsca is None and self.tlscert is None:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.tlsca) if self.tlsca is not None else None
+        )
+        if self.tlscert is not None and self.tlskey is not None:
+            context.load_cert_chain(str(self.tlscert), str(self.tlskey))
+        return context
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (without callbacks or timings)."""
+        kwargs: dict[str, Any] = {"servers": list(self.servers), "name": self.name}
+        if self.creds is not None:
+            kwargs["user_credentials"] = str(self.creds)
+        if self.nkey is not None:
+            kwargs["nkeys_seed"] = str(self.nkey)
+        if self.user is not None:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.token is not None:
+            kwargs["token"] = self.token
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["tls"] = context
+        return kwargs
