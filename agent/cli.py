@@ -50,7 +50,7 @@ def main_command(
             "--server",
             "-s",
             envvar="NATS_URL",
-            help="NATS server URL(s), comma-separated. [default: nats://127.0.0.1:4222]",
+            help="NATS server URL(s), comma-separated. \\[default: nats://127.0.0.1:4222]",
         ),
     ] = None,
     host_id: Annotated[
@@ -96,14 +96,14 @@ def main_command(
     ] = None,
     prefix: Annotated[
         str | None,
-        typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix. [default: shoal]"),
+        typer.Option("--prefix", envvar="SHOAL_PREFIX", help="Subject prefix. \\[default: shoal]"),
     ] = None,
     heartbeat_interval: Annotated[
         float | None,
         typer.Option(
             "--heartbeat-interval",
             envvar="SHOAL_HEARTBEAT_INTERVAL",
-            help="Seconds between heartbeats. [default: 5]",
+            help="Seconds between heartbeats. \\[default: 5]",
         ),
     ] = None,
     concurrency: Annotated[
@@ -111,7 +111,7 @@ def main_command(
         typer.Option(
             "--concurrency",
             envvar="SHOAL_CONCURRENCY",
-            help="Requests served at once. [default: 8]",
+            help="Requests served at once. \\[default: 8]",
         ),
     ] = None,
     log_level: Annotated[
@@ -128,29 +128,25 @@ def main_command(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "servers": server,
-            "host_id": host_id,
-            "labels": label or None,
-            "docker_host": docker_host,
-            "creds": creds,
-            "nkey": nkey,
-            "user": user,
-            "password": password,
-            "token": token,
-            "tlsca": tlsca,
-            "tlscert": tlscert,
-            "tlskey": tlskey,
-            "prefix": prefix,
-            "heartbeat_interval": heartbeat_interval,
-            "concurrency": concurrency,
-        }.items()
-        if value is not None
+    options: dict[str, Any] = {
+        "servers": server,
+        "host_id": host_id,
+        "labels": label or None,
+        "docker_host": docker_host,
+        "creds": creds,
+        "nkey": nkey,
+        "user": user,
+        "password": password,
+        "token": token,
+        "tlsca": tlsca,
+        "tlscert": tlscert,
+        "tlskey": tlskey,
+        "prefix": prefix,
+        "heartbeat_interval": heartbeat_interval,
+        "concurrency": concurrency,
     }
     try:
-        settings = AgentSettings(**overrides)
+        settings = AgentSettings.from_options(options)
     except (ValidationError, ValueError) as exc:
         message = summarize_validation_error(exc) if isinstance(exc, ValidationError) else exc
         typer.echo(f"shoal-agent: invalid configuration: {message}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,6 +124,12 @@ class AgentSettings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         Subjects(value)
         return value
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> AgentSettings:
+        """Settings from command-line values; ``None`` means "not given" (env/default)."""
+        given: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        return cls(**given)
 
     def nats_options(self, host_id: str) -> NatsOptions:
         return NatsOptions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -184,8 +185,14 @@ def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Reques
     except ValidationError as exc:
         raise BadRequest(
             "malformed request: " + summarize_validation_error(exc),
-            detail={"errors": exc.errors(include_url=False, include_input=False)[:10]},
+            detail={"errors": json_safe_errors(exc)[:10]},
         ) from exc
+
+
+def json_safe_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """The errors of ``exc`` as plain JSON values (``ctx`` may hold exception objects)."""
+    errors: list[dict[str, Any]] = json.loads(exc.json(include_url=False, include_input=False))
+    return errors
 
 
 def summarize_validation_error(exc: ValidationError, limit: int = 3) -> str:

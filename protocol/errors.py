@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
+    INVALID_REPLY = "invalid_reply"
     INTERNAL = "internal"
 
 

@@ -5,14 +5,15 @@ Every Docker SDK call of the agent lives in this package, split by resource.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import docker
+import docker.errors
 
 from agent.docker.containers import list_containers
-from agent.docker.errors import translate_docker_errors
 from agent.docker.system import engine_info, ping_engine
 from agent.engine import EngineInfo
 from protocol import ContainerSummary, DockerUnavailable, PsArgs
@@ -37,13 +38,19 @@ class DockerEngine:
     def _get_client(self) -> docker.DockerClient:
         with self._lock:
             if self._client is None:
-                with translate_docker_errors("connect to the Docker engine"):
+                try:
                     if self.base_url:
                         client = docker.DockerClient(
                             base_url=self.base_url, version="auto", timeout=int(self.timeout)
                         )
                     else:
                         client = docker.from_env(version="auto", timeout=int(self.timeout))
+                except docker.errors.DockerException as exc:
+                    where = self.base_url or os.environ.get("DOCKER_HOST") or "the local socket"
+                    raise DockerUnavailable(
+                        f"the Docker engine at {where} is unreachable",
+                        detail={"reason": str(exc)},
+                    ) from exc
                 self._client = client
             return self._client
 

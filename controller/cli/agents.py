@@ -1,0 +1,121 @@
+"""``shoal agents``: the fleet inventory; ``shoal agents forget HOST``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from controller.cli.common import (
+    HostsOpt,
+    JsonOpt,
+    LabelsOpt,
+    ServerOpt,
+    ago,
+    build_selector,
+    err,
+    make_fleet,
+    out,
+    print_json,
+    run,
+    usage_error,
+)
+from controller.registry import AgentRecord
+from controller.result import ExitCode
+from protocol import InvalidHostId, validate_host_id
+
+app = typer.Typer(
+    help="The fleet inventory: every known host, online or offline.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def record_json(record: AgentRecord) -> dict[str, Any]:
+    return {
+        "host_id": record.host_id,
+        "state": record.state,
+        "online": record.online,
+        "last_seen": record.last_seen.isoformat(),
+        "facts": record.facts.model_dump(mode="json"),
+    }
+
+
+def render_agents(records: list[AgentRecord]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "STATE", "LAST SEEN", "ARCH", "OS", "DOCKER", "LABELS", "AGENT"):
+        table.add_column(column, no_wrap=True)
+    for r in records:
+        f = r.facts
+        state = Text(r.state, style="green" if r.online else "red")
+        docker = (
+            Text(f.docker.version or "?")
+            if f.docker.reachable
+            else Text("unreachable", style="red")
+        )
+        arch = f"{f.arch}/{f.variant}" if f.variant else f.arch
+        labels = ",".join(f"{k}={v}" for k, v in sorted(f.labels.items()))
+        table.add_row(
+            r.host_id, state, ago(r.last_seen), arch, f.os, docker, labels, f.agent_version
+        )
+    out.print(table)
+
+
+@app.callback()
+def agents(
+    ctx: typer.Context,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    server: ServerOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List every known host with its state, last-seen time and facts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    target = build_selector(host, selector)
+    fleet = make_fleet(ctx, server)
+
+    async def work() -> list[AgentRecord]:
+        async with fleet:
+            return await fleet.agents()
+
+    records = [r for r in run(work()) if target.matches(r.host_id, r.facts.selectable())]
+    if json_:
+        print_json({"agents": [record_json(r) for r in records]})
+    else:
+        render_agents(records)
+        online = sum(r.online for r in records)
+        err.print(f"{len(records)} hosts, {online} online, {len(records) - online} offline")
+    if not records and not target.is_everything:
+        raise typer.Exit(int(ExitCode.NO_MATCH))
+
+
+@app.command()
+def forget(
+    ctx: typer.Context,
+    host_id: Annotated[str, typer.Argument(metavar="HOST", help="Host id to forget.")],
+    server: ServerOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Forget an offline host: it leaves the inventory until it heartbeats again."""
+    try:
+        validate_host_id(host_id)
+    except InvalidHostId as exc:
+        usage_error(exc.message)
+    fleet = make_fleet(ctx, server)
+
+    async def work() -> bool:
+        async with fleet:
+            return await fleet.forget(host_id)
+
+    known = run(work())
+    if json_:
+        print_json({"host_id": host_id, "forgotten": known})
+    elif known:
+        err.print(f"forgot {host_id}")
+    else:
+        err.print(f"[yellow]{host_id} was not known[/yellow]")
+    if not known:
+        raise typer.Exit(int(ExitCode.NO_MATCH))

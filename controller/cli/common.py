@@ -1,0 +1,224 @@
+"""What every CLI command shares: options, the Fleet, output, errors, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.text import Text
+
+from controller.errors import ConnectError, FleetError, InvalidLimit, RegistryUnavailable
+from controller.fleet import DEFAULT_TIMEOUT, Fleet
+from controller.result import ExitCode, FleetResult
+from controller.targeting import Limit
+from protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
+from protocol.envelope import summarize_validation_error
+
+T = TypeVar("T")
+
+EXIT_NATS_UNREACHABLE = 5
+"""Exit code when NATS itself cannot be reached (beyond the fleet codes 0-4)."""
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "250"))
+    return Console(file=stream, width=width, soft_wrap=False, highlight=False)
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+@dataclass
+class GlobalOptions:
+    """Options given before the command (``shoal --creds F ps``)."""
+
+    server: str | None = None
+    creds: Path | None = None
+    nkey: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tlsca: Path | None = None
+    tlscert: Path | None = None
+    tlskey: Path | None = None
+    prefix: str = "shoal"
+    offline_after: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, GlobalOptions) else GlobalOptions()
+
+
+# --- reusable option types ------------------------------------------------------
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="NATS_URL",
+        help="NATS server URL(s), comma-separated. \\[default: nats://127.0.0.1:4222]",
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        "-t",
+        envvar="SHOAL_TIMEOUT",
+        min=0.1,
+        help="Seconds to wait for hosts to answer (a host sending progress gets longer).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")]
+HostsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--host",
+        "-H",
+        metavar="GLOB",
+        help="Hosts whose id matches GLOB (repeatable; repeats widen the match).",
+    ),
+]
+LabelsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--selector",
+        "-l",
+        metavar="SELECTOR",
+        help="Label/fact selector, e.g. 'role=web,arch in (arm64,arm),!canary' "
+        "(repeatable; repeats narrow the match).",
+    ),
+]
+LimitOpt = Annotated[
+    str | None,
+    typer.Option("--limit", metavar="N|N%", help="Only a random subset of the matched hosts."),
+]
+
+
+def usage_error(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(int(ExitCode.USAGE))
+
+
+def build_selector(hosts: list[str] | None, labels: list[str] | None) -> Selector:
+    try:
+        return Selector.build(hosts or (), labels or ())
+    except InvalidSelector as exc:
+        usage_error(exc.message)
+
+
+def build_limit(limit: str | None) -> Limit | None:
+    if limit is None:
+        return None
+    try:
+        return Limit.parse(limit)
+    except InvalidLimit as exc:
+        usage_error(exc.message)
+
+
+def make_fleet(ctx: typer.Context, server: str | None, timeout: float = DEFAULT_TIMEOUT) -> Fleet:
+    g = global_options(ctx)
+    try:
+        options = NatsOptions(
+            servers=server or g.server or os.environ.get("NATS_URL"),
+            creds=g.creds,
+            nkey=g.nkey,
+            user=g.user,
+            password=g.password,
+            token=g.token,
+            tlsca=g.tlsca,
+            tlscert=g.tlscert,
+            tlskey=g.tlskey,
+            name="shoal-cli",
+        )
+    except ValidationError as exc:
+        usage_error(summarize_validation_error(exc))
+    try:
+        return Fleet(options, prefix=g.prefix, timeout=timeout, offline_after=g.offline_after)
+    except ValueError as exc:
+        usage_error(str(exc))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning Shoal errors into messages and exit codes."""
+    try:
+        return asyncio.run(coro)
+    except ConnectError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(EXIT_NATS_UNREACHABLE) from None
+    except (InvalidSelector, InvalidLimit) as exc:
+        usage_error(exc.message)
+    except RegistryUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    except FleetError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    except ShoalError as exc:
+        err.print(f"[red]error:[/red] {exc.code}: {exc.message}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+async def with_progress(label: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Show a spinner on a terminal while ``work`` runs."""
+    if not sys.stderr.isatty():
+        return await work()
+    with err.status(label):
+        return await work()
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def ago(when: datetime | None) -> str:
+    """'5 seconds ago', '3 minutes ago', like docker ps."""
+    if when is None:
+        return "-"
+    seconds = int((utcnow() - when).total_seconds())
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return f"{seconds} second{'s' if seconds != 1 else ''} ago"
+
+
+def render_footer(result: FleetResult[Any]) -> None:
+    """Name every host that did not answer or answered with an error."""
+    answered = len(result.replies)
+    summary = Text(f"{answered}/{len(result.targeted)} hosts answered ok")
+    if result.duration:
+        summary.append(f" in {result.duration:.2f}s", style="dim")
+    err.print(summary)
+    for host, error in sorted(result.errors.items()):
+        err.print(f"[red]error[/red] {host}: {error.code}: {error.message}")
+    for host in result.missing:
+        reason = "offline (no heartbeat)" if host in result.offline else "no answer"
+        err.print(f"[yellow]missing[/yellow] {host}: {reason}")
+
+
+def finish(result: FleetResult[Any]) -> NoReturn:
+    if not result.targeted:
+        err.print("[yellow]no host matched the target[/yellow]")
+    raise typer.Exit(int(result.exit_code))

@@ -1,0 +1,121 @@
+"""``shoal ps``: containers across the fleet, in docker ps columns plus HOST."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from controller.cli.common import (
+    HostsOpt,
+    JsonOpt,
+    LabelsOpt,
+    LimitOpt,
+    ServerOpt,
+    TimeoutOpt,
+    ago,
+    build_limit,
+    build_selector,
+    finish,
+    make_fleet,
+    out,
+    print_json,
+    render_footer,
+    run,
+    usage_error,
+    with_progress,
+)
+from controller.fleet import DEFAULT_TIMEOUT
+from controller.result import FleetResult
+from protocol import PsArgs, PsResult
+from protocol.envelope import summarize_validation_error
+
+FILTER_KEYS = ("name", "label", "status", "image", "ancestor")
+
+
+def parse_filters(filters: list[str] | None, all_: bool) -> PsArgs:
+    """``--filter k=v`` as docker takes it: name, label, status, image (alias ancestor)."""
+    values: dict[str, list[str]] = {"name": [], "label": [], "status": [], "image": []}
+    for item in filters or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in FILTER_KEYS or not value:
+            usage_error(
+                f"invalid filter {item!r}: use name=, label=, status= or image= "
+                "(e.g. status=exited)"
+            )
+        values["image" if key == "ancestor" else key].append(value)
+    try:
+        return PsArgs.model_validate({"all": all_, **values})
+    except ValidationError as exc:
+        usage_error(f"invalid filter: {summarize_validation_error(exc)}")
+
+
+def _command(command: str, width: int = 22) -> str:
+    shown = command if len(command) <= width else command[: width - 1] + "…"
+    return f'"{shown}"'
+
+
+def render_ps(result: FleetResult[PsResult]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("NAMES", no_wrap=True)
+    rows = 0
+    for host, reply in sorted(result.replies.items()):
+        for c in sorted(reply.containers, key=lambda c: c.created, reverse=True):
+            rows += 1
+            table.add_row(
+                host,
+                c.id[:12],
+                c.image,
+                _command(c.command),
+                ago(c.created),
+                c.status,
+                ", ".join(str(p) for p in c.ports),
+                c.name,
+            )
+    out.print(table)
+
+
+def ps(
+    ctx: typer.Context,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Show all containers (default shows running).")
+    ] = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            metavar="KEY=VALUE",
+            help="Filter: name=, label=k[=v], status=, image= (repeatable).",
+        ),
+    ] = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: JsonOpt = False,
+) -> None:
+    """List containers on every targeted host, in one table."""
+    args = parse_filters(filter_, all_)
+    target = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def work() -> FleetResult[PsResult]:
+        async with fleet:
+            return await with_progress(
+                "asking the fleet…", lambda: fleet.ps(args, selector=target, limit=sample)
+            )
+
+    result = run(work())
+    if json_:
+        print_json(result.to_json())
+    else:
+        render_ps(result)
+        render_footer(result)
+    finish(result)

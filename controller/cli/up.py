@@ -1,0 +1,101 @@
+"""``shoal up``: NATS with JetStream plus an agent for the local engine, in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agent import __version__ as agent_version
+from agent.cli import install_event_loop_policy
+from agent.config import AgentSettings
+from agent.runtime import Agent, AgentStartError
+from controller.cli.common import err, global_options, run, usage_error
+from controller.embedded import EmbeddedNats, state_dir
+from controller.fleet import Fleet
+from protocol import NatsOptions
+
+
+async def run_up(store: Path, port: int, settings: AgentSettings | None, prefix: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with EmbeddedNats(store, port=port) as server:
+        async with Fleet(NatsOptions(servers=server.url), prefix=prefix) as fleet:
+            await fleet.init_registry()
+        err.print(f"[green]NATS[/green] with JetStream on {server.url} (store {store})")
+        agent: Agent | None = None
+        if settings is not None:
+            agent = Agent(
+                settings.model_copy(update={"servers": (server.url,)}), version=agent_version
+            )
+            try:
+                await agent.start()
+            except AgentStartError as exc:
+                err.print(f"[red]error:[/red] {exc}")
+                raise typer.Exit(1) from None
+            docker = "reachable" if agent.facts().docker.reachable else "[red]unreachable[/red]"
+            err.print(
+                f"[green]agent[/green] {agent.host_id} for the local Docker engine ({docker})"
+            )
+        err.print("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
+        try:
+            await stop.wait()
+        finally:
+            err.print("stopping…")
+            if agent is not None:
+                await agent.stop()
+
+
+def up(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", help="NATS port on 127.0.0.1.")] = 4222,
+    store: Annotated[
+        Path | None,
+        typer.Option("--store", help="JetStream store. \\[default: ~/.local/state/shoal/nats]"),
+    ] = None,
+    no_agent: Annotated[
+        bool, typer.Option("--no-agent", help="Only run NATS, no local agent.")
+    ] = False,
+    host_id: Annotated[
+        str | None,
+        typer.Option("--host-id", envvar="SHOAL_HOST_ID", help="Host id of the local agent."),
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Label k=v for the local agent.")
+    ] = None,
+    docker_host: Annotated[
+        str | None, typer.Option("--docker-host", envvar="DOCKER_HOST", help="Docker engine.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the agent.")] = False,
+) -> None:
+    """Run Shoal on this machine: a NATS server with JetStream and an agent for local Docker.
+
+    Stays in the foreground until Ctrl-C. Then 'shoal ps' works from another
+    terminal with no flags.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    g = global_options(ctx)
+    settings = None
+    if not no_agent:
+        try:
+            settings = AgentSettings.from_options(
+                {
+                    "host_id": host_id,
+                    "labels": label or None,
+                    "docker_host": docker_host,
+                    "prefix": g.prefix,
+                }
+            )
+        except ValueError as exc:
+            usage_error(str(exc))
+    install_event_loop_policy()
+    run(run_up(store or state_dir() / "nats", port, settings, g.prefix))

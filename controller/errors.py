@@ -1,0 +1,25 @@
+"""Errors the controller raises. NATS errors are translated in transport.py only."""
+
+from __future__ import annotations
+
+from protocol import ShoalError
+
+
+class FleetError(ShoalError):
+    """Base of the controller's own errors."""
+
+
+class ConnectError(FleetError):
+    """NATS cannot be reached or refused the connection."""
+
+
+class NotConnected(FleetError):
+    """The Fleet is used before connect() or after close()."""
+
+
+class InvalidLimit(FleetError, ValueError):
+    """A --limit value is not N or N%."""
+
+
+class RegistryUnavailable(FleetError):
+    """JetStream (and so the registry stream) is not available on this NATS."""

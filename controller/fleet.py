@@ -1,0 +1,255 @@
+"""The Fleet: the controller's async library API. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import socket
+import time
+from types import TracebackType
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from controller.errors import NotConnected, RegistryUnavailable
+from controller.gather import ProgressCallback, ReplyCallback, gather_replies
+from controller.registry import AgentRecord, Registry, is_online
+from controller.result import FleetResult
+from controller.targeting import Limit, Targets, resolve_targets
+from controller.transport import connect
+from protocol import (
+    VERBS,
+    AgentFacts,
+    ErrorCode,
+    ErrorInfo,
+    NatsOptions,
+    PsArgs,
+    PsResult,
+    Reply,
+    Request,
+    Selector,
+    Subjects,
+    Target,
+    Verb,
+    utcnow,
+)
+
+log = logging.getLogger("shoal.controller")
+R = TypeVar("R", bound=BaseModel)
+
+DEFAULT_TIMEOUT = 10.0
+DISCOVERY_WINDOW = 1.0
+
+
+class Fleet:
+    """A connection to the fleet. Use ``async with Fleet(...) as fleet``.
+
+    Discovery uses the registry stream when JetStream is available, and falls
+    back to a broadcast ``ping`` when it is not.
+    """
+
+    def __init__(
+        self,
+        options: NatsOptions | None = None,
+        *,
+        prefix: str = "shoal",
+        timeout: float = DEFAULT_TIMEOUT,
+        offline_after: float | None = None,
+        discovery_window: float = DISCOVERY_WINDOW,
+        sender: str | None = None,
+    ) -> None:
+        self.options = options or NatsOptions(name="shoal")
+        self.subjects = Subjects(prefix)
+        self.timeout = timeout
+        self.offline_after = offline_after
+        self.discovery_window = discovery_window
+        self.sender = sender or f"{getpass.getuser()}@{socket.gethostname()}"
+        self._nc: NATS | None = None
+        self._registry: Registry | None = None
+        self._registry_checked = False
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Fleet:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._nc is None:
+            self._nc = await connect(self.options)
+
+    async def close(self) -> None:
+        """Drain and close; safe to call twice."""
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.drain()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise NotConnected("the Fleet is not connected; use 'async with Fleet(...)'")
+        return self._nc
+
+    # --- registry and discovery -------------------------------------------------------
+
+    async def registry(self) -> Registry | None:
+        """The registry, created if missing; None when JetStream is unavailable."""
+        if not self._registry_checked:
+            self._registry_checked = True
+            registry = Registry(self.nc.jetstream(timeout=3.0), self.subjects)
+            try:
+                await registry.ensure()
+                self._registry = registry
+            except RegistryUnavailable as exc:
+                log.info("no registry (%s); discovering agents by ping", exc.message)
+        return self._registry
+
+    async def init_registry(self, replicas: int = 1) -> bool:
+        """Create the registry stream (``shoal init``). True if it was created."""
+        registry = Registry(self.nc.jetstream(timeout=5.0), self.subjects, replicas=replicas)
+        created = await registry.ensure()
+        self._registry, self._registry_checked = registry, True
+        return created
+
+    async def agents(self) -> list[AgentRecord]:
+        """Every known host, online or offline, sorted by host id."""
+        registry = await self.registry()
+        records = await registry.read(self.offline_after) if registry is not None else []
+        if registry is None or not records:
+            # Without a registry (or before any heartbeat reached it) ask the fleet.
+            pinged = await self.discover()
+            known = {r.host_id for r in records}
+            records.extend(r for r in pinged if r.host_id not in known)
+        return sorted(records, key=lambda r: r.host_id)
+
+    async def discover(self, window: float | None = None) -> list[AgentRecord]:
+        """Broadcast a ping and collect the facts of every agent that answers."""
+        window = self.discovery_window if window is None else window
+        records: dict[str, AgentRecord] = {}
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                reply = Reply.model_validate_json(msg.data)
+                if not reply.ok or reply.result is None:
+                    return
+                facts = AgentFacts.model_validate(reply.result)
+            except ValidationError:
+                return
+            now = utcnow()
+            records[facts.host_id] = AgentRecord(
+                facts.host_id, facts, now, is_online(facts, now, self.offline_after)
+            )
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1)
+        try:
+            request = Request(
+                verb=Verb.PING, sender=self.sender, target=Target(selector=Selector())
+            )
+            await self.nc.publish(
+                self.subjects.broadcast(Verb.PING), request.model_dump_json().encode(), reply=inbox
+            )
+            await self.nc.flush()
+            await asyncio.sleep(window)  # a discovery window, not synchronisation
+        finally:
+            await sub.unsubscribe()
+        return sorted(records.values(), key=lambda r: r.host_id)
+
+    async def forget(self, host_id: str) -> bool:
+        """Remove an offline host from the registry. True if it was known."""
+        registry = await self.registry()
+        if registry is None:
+            raise RegistryUnavailable("forget needs the registry, and JetStream is not enabled")
+        return await registry.forget(host_id)
+
+    async def resolve(
+        self, selector: Selector | None = None, limit: Limit | None = None
+    ) -> Targets:
+        """The expected set for a selector, worked out before anything is sent."""
+        return resolve_targets(await self.agents(), selector or Selector(), limit)
+
+    # --- requests -----------------------------------------------------------------
+
+    async def request(
+        self,
+        verb: Verb,
+        args: BaseModel,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_reply: ReplyCallback | None = None,
+    ) -> FleetResult[Any]:
+        """Send ``verb`` to every targeted host and gather one answer per host."""
+        spec = VERBS[verb]
+        started = time.monotonic()
+        targets = await self.resolve(selector, limit)
+        wait = self.timeout if timeout is None else timeout
+        gathered = await gather_replies(
+            self.nc,
+            self.subjects,
+            verb,
+            args.model_dump(mode="json"),
+            targets.online,
+            timeout=wait,
+            sender=self.sender,
+            on_progress=on_progress,
+            on_reply=on_reply,
+        )
+        result: FleetResult[Any] = FleetResult(
+            verb=str(verb), request_id=gathered.request_id, targeted=targets.all
+        )
+        for host, reply in gathered.replies.items():
+            if not reply.ok:
+                assert reply.error is not None
+                result.errors[host] = reply.error
+                continue
+            try:
+                result.replies[host] = spec.result.model_validate(reply.result or {})
+            except ValidationError as exc:
+                result.errors[host] = ErrorInfo(
+                    code=ErrorCode.INVALID_REPLY,
+                    message=f"the host's {verb} result is malformed ({exc.error_count()} errors)",
+                )
+        for host, message in gathered.malformed.items():
+            result.errors[host] = ErrorInfo(code=ErrorCode.INVALID_REPLY, message=message)
+        result.missing = sorted([*gathered.missing, *targets.offline])
+        result.offline = list(targets.offline)
+        result.duration = time.monotonic() - started
+        return result
+
+    async def ping(
+        self,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[AgentFacts]:
+        return await self.request(
+            Verb.PING, VERBS[Verb.PING].args(), selector=selector, limit=limit, timeout=timeout
+        )
+
+    async def ps(
+        self,
+        args: PsArgs | None = None,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[PsResult]:
+        """Containers on every targeted host."""
+        return await self.request(
+            Verb.PS, args or PsArgs(), selector=selector, limit=limit, timeout=timeout
+        )

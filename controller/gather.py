@@ -1,0 +1,142 @@
+"""Scatter-gather: send one request to every expected host, collect the replies.
+
+The wait ends the moment every expected host has answered, or at the deadline;
+hosts that did not answer are named, never counted as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import Field, TypeAdapter, ValidationError
+
+from protocol import Progress, Reply, Request, Subjects, Target, new_request_id
+
+log = logging.getLogger("shoal.controller")
+
+_INBOX_MESSAGE: TypeAdapter[Progress | Reply] = TypeAdapter(
+    Annotated[Progress | Reply, Field(discriminator="kind")]
+)
+
+ProgressCallback = Callable[[Progress], None]
+ReplyCallback = Callable[[Reply], None]
+
+
+@dataclass(slots=True)
+class Gathered:
+    request_id: str
+    replies: dict[str, Reply] = field(default_factory=dict)
+    malformed: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    last_progress: dict[str, Progress] = field(default_factory=dict)
+    duration: float = 0.0
+
+
+async def gather_replies(
+    nc: NATS,
+    subjects: Subjects,
+    verb: str,
+    args: dict[str, Any],
+    hosts: Iterable[str],
+    *,
+    timeout: float,
+    sender: str = "",
+    ttl: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_reply: ReplyCallback | None = None,
+) -> Gathered:
+    """Send ``verb`` directly to each host and wait for one final reply per host.
+
+    A host that keeps sending progress keeps its request alive: its deadline
+    moves to ``timeout`` seconds after its latest progress message.
+    """
+    expected = set(hosts)
+    request_id = new_request_id()
+    result = Gathered(request_id=request_id)
+    started = time.monotonic()
+    if not expected:
+        return result
+    all_in = asyncio.Event()
+    deadlines: dict[str, float] = {h: started + timeout for h in expected}
+    waiting = set(expected)
+
+    async def on_msg(msg: Msg) -> None:
+        try:
+            message = _INBOX_MESSAGE.validate_json(msg.data)
+            if isinstance(message, Progress):
+                progress = message
+                if progress.id != request_id or progress.host not in waiting:
+                    return
+                deadlines[progress.host] = time.monotonic() + timeout
+                result.last_progress[progress.host] = progress
+                if on_progress is not None:
+                    on_progress(progress)
+                return
+            reply = message
+        except ValidationError as exc:
+            host = _host_of(msg.data)
+            if host in waiting:
+                waiting.discard(host)
+                result.malformed[host] = f"malformed reply: {exc.error_count()} error(s)"
+                if not waiting:
+                    all_in.set()
+            else:
+                log.warning("ignoring malformed message on the reply inbox")
+            return
+        if reply.host not in waiting or reply.id != request_id:
+            return  # late, duplicate, or not ours
+        waiting.discard(reply.host)
+        result.replies[reply.host] = reply
+        if on_reply is not None:
+            on_reply(reply)
+        if not waiting:
+            all_in.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    try:
+        template = Request(
+            id=request_id,
+            verb=verb,
+            args=args,
+            sender=sender,
+            target=Target(host="placeholder"),
+            **({"ttl": ttl} if ttl is not None else {}),
+        )
+        for host in sorted(expected):
+            request = template.model_copy(update={"target": Target(host=host)})
+            await nc.publish(
+                subjects.host(host, verb), request.model_dump_json().encode(), reply=inbox
+            )
+        await nc.flush(timeout=max(1, int(timeout)))
+        while waiting:
+            now = time.monotonic()
+            next_deadline = max(deadlines[h] for h in waiting)
+            if now >= next_deadline:
+                break
+            try:
+                await asyncio.wait_for(all_in.wait(), timeout=next_deadline - now)
+            except TimeoutError:
+                continue
+    finally:
+        await sub.unsubscribe()
+    result.missing = sorted(waiting)
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _host_of(data: bytes) -> str:
+    try:
+        value = json.loads(data)
+        host = value.get("host") if isinstance(value, dict) else None
+        return host if isinstance(host, str) else ""
+    except (ValueError, RecursionError):
+        return ""
