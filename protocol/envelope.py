@@ -181,12 +181,20 @@ def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Reques
             detail={"supported": [PROTOCOL_VERSION]},
         )
     try:
-        return Request.model_validate_json(data)
+        request = Request.model_validate_json(data)
     except ValidationError as exc:
         raise BadRequest(
             "malformed request: " + summarize_validation_error(exc),
             detail={"errors": json_safe_errors(exc)[:10]},
         ) from exc
+    absent = WIRE_REQUIRED - request.model_fields_set
+    if absent:
+        raise BadRequest(f"malformed request: missing {', '.join(sorted(absent))}")
+    return request
+
+
+WIRE_REQUIRED = frozenset({"v", "id", "verb", "issued_at", "ttl", "target"})
+"""Fields a request on the wire must carry, though the model has defaults for building."""
 
 
 def json_safe_errors(exc: ValidationError) -> list[dict[str, Any]]:
