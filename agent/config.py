@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from protocol import RESERVED_LABELS, NatsOptions, Subjects, validate_host_id
@@ -46,63 +46,88 @@ def parse_labels(value: Any) -> dict[str, str]:
 class AgentSettings(BaseSettings):
     """Settings of ``shoal-agent``. Environment names are listed per field."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_prefix="SHOAL_")
 
     servers: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(DEFAULT_NATS_URL,), validation_alias=AliasChoices("servers", "NATS_URL")
+        default=(DEFAULT_NATS_URL,), validation_alias=AliasChoices("NATS_URL")
     )
-    creds: Path | None = Field(default=None, validation_alias=AliasChoices("creds", "NATS_CREDS"))
-    nkey: Path | None = Field(default=None, validation_alias=AliasChoices("nkey", "NATS_NKEY"))
-    user: str | None = Field(default=None, validation_alias=AliasChoices("user", "NATS_USER"))
+    creds: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_CREDS"))
+    nkey: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_NKEY"))
+    user: str | None = Field(default=None, validation_alias=AliasChoices("NATS_USER"))
     password: str | None = Field(
-        default=None, validation_alias=AliasChoices("password", "NATS_PASSWORD")
+        default=None, validation_alias=AliasChoices("NATS_PASSWORD")
     )
-    token: str | None = Field(default=None, validation_alias=AliasChoices("token", "NATS_TOKEN"))
-    tlsca: Path | None = Field(default=None, validation_alias=AliasChoices("tlsca", "NATS_CA"))
+    token: str | None = Field(default=None, validation_alias=AliasChoices("NATS_TOKEN"))
+    tlsca: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_CA"))
     tlscert: Path | None = Field(
-        default=None, validation_alias=AliasChoices("tlscert", "NATS_CERT")
+        default=None, validation_alias=AliasChoices("NATS_CERT")
     )
-    tlskey: Path | None = Field(default=None, validation_alias=AliasChoices("tlskey", "NATS_KEY"))
+    tlskey: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_KEY"))
 
     host_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("host_id", "SHOAL_HOST_ID")
+        default=None, validation_alias=AliasChoices("SHOAL_HOST_ID")
     )
     labels: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, validation_alias=AliasChoices("labels", "SHOAL_LABELS")
+        default_factory=dict, validation_alias=AliasChoices("SHOAL_LABELS")
     )
     docker_host: str | None = Field(
-        default=None, validation_alias=AliasChoices("docker_host", "DOCKER_HOST")
+        default=None, validation_alias=AliasChoices("DOCKER_HOST")
     )
     prefix: str = Field(
-        default=DEFAULT_PREFIX, validation_alias=AliasChoices("prefix", "SHOAL_PREFIX")
+        default=DEFAULT_PREFIX, validation_alias=AliasChoices("SHOAL_PREFIX")
     )
     heartbeat_interval: float = Field(
         default=5.0,
         gt=0,
         le=3600,
-        validation_alias=AliasChoices("heartbeat_interval", "SHOAL_HEARTBEAT_INTERVAL"),
+        validation_alias=AliasChoices("SHOAL_HEARTBEAT_INTERVAL"),
     )
     concurrency: int = Field(
-        default=8, ge=1, le=256, validation_alias=AliasChoices("concurrency", "SHOAL_CONCURRENCY")
+        default=8, ge=1, le=256, validation_alias=AliasChoices("SHOAL_CONCURRENCY")
     )
     queue_limit: int = Field(
-        default=256, ge=0, validation_alias=AliasChoices("queue_limit", "SHOAL_QUEUE_LIMIT")
+        default=256, ge=0, validation_alias=AliasChoices("SHOAL_QUEUE_LIMIT")
     )
     docker_timeout: float = Field(
         default=30.0,
         gt=0,
-        validation_alias=AliasChoices("docker_timeout", "SHOAL_DOCKER_TIMEOUT"),
+        validation_alias=AliasChoices("SHOAL_DOCKER_TIMEOUT"),
     )
     shutdown_grace: float = Field(
         default=20.0,
         ge=0,
-        validation_alias=AliasChoices("shutdown_grace", "SHOAL_SHUTDOWN_GRACE"),
+        validation_alias=AliasChoices("SHOAL_SHUTDOWN_GRACE"),
     )
     max_clock_skew: float = Field(
         default=300.0,
         ge=0,
-        validation_alias=AliasChoices("max_clock_skew", "SHOAL_MAX_CLOCK_SKEW"),
+        validation_alias=AliasChoices("SHOAL_MAX_CLOCK_SKEW"),
     )
+
+    prune_keep_images: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices("SHOAL_PRUNE_KEEP_IMAGES"),
+        description="Image reference globs prune never removes.",
+    )
+    prune_keep_containers: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices("SHOAL_PRUNE_KEEP_CONTAINERS"),
+        description="Container name globs prune never removes.",
+    )
+    long_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=AliasChoices("SHOAL_LONG_TIMEOUT"),
+        description="Seconds allowed for long engine calls (disk usage, pull, build-cache prune).",
+    )
+
+    @field_validator("prune_keep_images", "prune_keep_containers", mode="before")
+    @classmethod
+    def _split_globs(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(item.strip() for item in items if item.strip())
 
     @field_validator("servers", mode="before")
     @classmethod
@@ -124,6 +149,11 @@ class AgentSettings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         Subjects(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_nats(self) -> AgentSettings:
+        self.nats_options(self.host_id or "agent")
+        return self
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AgentSettings:

@@ -8,7 +8,8 @@ them in its bounded thread pool with a timeout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from protocol import ContainerSummary, PsArgs
@@ -26,6 +27,95 @@ class EngineInfo:
     arch: str
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerRecord:
+    id: str
+    name: str
+    image_id: str
+    state: str
+    created: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    networks: frozenset[str] = frozenset()
+    """Names and ids of the networks the container is attached to."""
+    volumes: frozenset[str] = frozenset()
+    """Names of the volumes the container mounts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: str
+    tags: tuple[str, ...]
+    created: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    shared_size: int = 0
+    parent_id: str = ""
+    digests: tuple[str, ...] = ()
+
+    @property
+    def dangling(self) -> bool:
+        return not self.tags
+
+    @property
+    def unique_size(self) -> int:
+        """Bytes only this image holds (what removing it frees)."""
+        return max(0, self.size - max(0, self.shared_size))
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord:
+    name: str
+    created: datetime | None
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    ref_count: int = 0
+
+    @property
+    def anonymous(self) -> bool:
+        """Anonymous volumes: labelled so by API 1.42+, or a 64-hex name on older engines."""
+        if "com.docker.volume.anonymous" in self.labels:
+            return True
+        return len(self.name) == 64 and all(c in "0123456789abcdef" for c in self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRecord:
+    id: str
+    name: str
+    driver: str
+    created: datetime | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in ("bridge", "host", "none") or self.driver in ("host", "null")
+
+
+@dataclass(frozen=True, slots=True)
+class BuildCacheRecord:
+    id: str
+    size: int
+    in_use: bool
+    shared: bool
+    created: datetime | None
+    last_used: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSnapshot:
+    """Everything prune and df decide on, read from the engine in one go."""
+
+    api_version: str
+    containers: list[ContainerRecord]
+    images: list[ImageRecord]
+    volumes: list[VolumeRecord]
+    networks: list[NetworkRecord]
+    build_cache: list[BuildCacheRecord]
+    layers_size: int = 0
+    """Bytes of all image layers on disk, shared layers counted once."""
+
+
 class Engine(Protocol):
     def info(self) -> EngineInfo:
         """Engine details. Raises DockerUnavailable when the engine cannot be reached."""
@@ -36,5 +126,23 @@ class Engine(Protocol):
         ...
 
     def list_containers(self, args: PsArgs) -> list[ContainerSummary]: ...
+
+    def disk_snapshot(self) -> DiskSnapshot:
+        """Containers, images, volumes, networks and build cache with their sizes."""
+        ...
+
+    def remove_container(self, container_id: str) -> None: ...
+
+    def remove_image(self, ref: str) -> None:
+        """Remove an image by id, or untag one tag of it."""
+        ...
+
+    def remove_volume(self, name: str) -> None: ...
+
+    def remove_network(self, network_id: str) -> None: ...
+
+    def prune_build_cache(self, until: float | None) -> tuple[int, int]:
+        """Remove unused build cache; returns (records removed, bytes reclaimed)."""
+        ...
 
     def close(self) -> None: ...

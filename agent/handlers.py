@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from protocol import PingArgs, PsArgs, PsResult, Request, Verb
+from agent.prune import PrunePlan, Removal, disk_usage, plan_prune
+from protocol import (
+    DfArgs,
+    DockerUnavailable,
+    PingArgs,
+    PruneArgs,
+    PrunedItem,
+    PruneFailure,
+    PruneKind,
+    PruneKindResult,
+    PruneResult,
+    PsArgs,
+    PsResult,
+    Request,
+    ShoalError,
+    Verb,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -36,6 +55,24 @@ class RequestContext:
             self, phase, message, seq=self._seq, current=current, total=total
         )
 
+    @asynccontextmanager
+    async def keepalive(
+        self, phase: str, message: str = "", every: float = 2.0
+    ) -> AsyncIterator[None]:
+        """Send progress every few seconds while a long step runs without its own."""
+
+        async def beat() -> None:
+            while True:
+                await self.progress(phase, message)
+                await asyncio.sleep(every)
+
+        task = asyncio.create_task(beat(), name=f"keepalive-{self.request.id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
 
 Handler = Callable[[RequestContext, Any], Awaitable[BaseModel]]
 
@@ -53,3 +90,127 @@ HANDLERS: dict[Verb, Handler] = {
     Verb.PING: handle_ping,
     Verb.PS: handle_ps,
 }
+
+
+async def handle_df(ctx: RequestContext, args: DfArgs) -> BaseModel:
+    agent = ctx.agent
+    async with ctx.keepalive("df", "reading disk usage"):
+        snapshot = await agent.in_engine(agent.engine.disk_snapshot, timeout=agent.long_timeout)
+    return disk_usage(snapshot)
+
+
+async def handle_prune(ctx: RequestContext, args: PruneArgs) -> BaseModel:
+    """Plan against the rules, then (unless a dry run) remove one object at a time.
+
+    Progress is sent per object, so a long prune is never mistaken for a silent
+    host. If the engine goes away midway, the error carries what was removed.
+    """
+    agent = ctx.agent
+    async with ctx.keepalive("planning", "reading disk usage"):
+        snapshot = await agent.in_engine(agent.engine.disk_snapshot, timeout=agent.long_timeout)
+    plan = plan_prune(snapshot, args, agent.keep_rules, utcnow())
+    tally = _Tally(plan)
+    if args.dry_run:
+        for removals in plan.removals.values():
+            for removal in removals:
+                tally.removed(removal)
+        return tally.result(dry_run=True)
+
+    total = sum(len(r) for r in plan.removals.values())
+    done = 0
+    try:
+        for kind, removals in plan.removals.items():
+            if kind == PruneKind.BUILD_CACHE:
+                if removals:
+                    async with ctx.keepalive("build-cache", "pruning build cache"):
+                        count, reclaimed = await agent.in_engine(
+                            agent.engine.prune_build_cache, args.until, timeout=agent.long_timeout
+                        )
+                    tally.build_cache(removals[:count], reclaimed)
+                done += len(removals)
+                continue
+            for removal in removals:
+                done += 1
+                await ctx.progress(
+                    str(kind),
+                    f"removing {removal.name or removal.id[:12]}",
+                    current=done,
+                    total=total,
+                )
+                try:
+                    await _remove(agent, removal)
+                except DockerUnavailable:
+                    raise
+                except ShoalError as exc:
+                    tally.failed(removal, exc)
+                else:
+                    tally.removed(removal)
+    except DockerUnavailable as exc:
+        partial = tally.result(dry_run=False)
+        exc.detail["partial"] = partial.model_dump(mode="json")
+        exc.message = f"{exc.message} (after removing {partial.removed_count} objects)"
+        raise
+    return tally.result(dry_run=False)
+
+
+class _Tally:
+    """What a prune removed, failed to remove and reclaimed, per kind."""
+
+    def __init__(self, plan: PrunePlan) -> None:
+        self.plan = plan
+        self._removed: dict[PruneKind, list[PrunedItem]] = {k: [] for k in plan.removals}
+        self._failed: dict[PruneKind, list[PruneFailure]] = {k: [] for k in plan.removals}
+        self._reclaimed: dict[PruneKind, int] = dict.fromkeys(plan.removals, 0)
+
+    def removed(self, removal: Removal) -> None:
+        self._removed[removal.kind].append(
+            PrunedItem(id=removal.id, name=removal.name, tags=list(removal.tags), size=removal.size)
+        )
+        self._reclaimed[removal.kind] += removal.size
+
+    def build_cache(self, removals: list[Removal], reclaimed: int) -> None:
+        kind = PruneKind.BUILD_CACHE
+        self._removed[kind].extend(PrunedItem(id=r.id, size=r.size) for r in removals)
+        self._reclaimed[kind] += reclaimed
+
+    def failed(self, removal: Removal, exc: ShoalError) -> None:
+        self._failed[removal.kind].append(
+            PruneFailure(id=removal.id, name=removal.name, code=str(exc.code), message=exc.message)
+        )
+
+    def result(self, *, dry_run: bool) -> PruneResult:
+        return PruneResult(
+            dry_run=dry_run,
+            protected=self.plan.protected,
+            kinds={
+                kind: PruneKindResult(
+                    removed=self._removed[kind],
+                    failed=self._failed[kind],
+                    reclaimed=self._reclaimed[kind],
+                    skipped=self.plan.skipped.get(kind, ""),
+                )
+                for kind in self.plan.removals
+            },
+        )
+
+
+async def _remove(agent: Agent, removal: Removal) -> None:
+    engine = agent.engine
+    match removal.kind:
+        case PruneKind.CONTAINERS:
+            await agent.in_engine(engine.remove_container, removal.id)
+        case PruneKind.IMAGES:
+            # An image with several tags is untagged one tag at a time; the last goes.
+            refs = [*removal.tags[:-1], removal.id] if len(removal.tags) > 1 else [removal.id]
+            for ref in refs:
+                await agent.in_engine(engine.remove_image, ref)
+        case PruneKind.VOLUMES:
+            await agent.in_engine(engine.remove_volume, removal.id)
+        case PruneKind.NETWORKS:
+            await agent.in_engine(engine.remove_network, removal.id)
+        case _:
+            raise ValueError(f"cannot remove {removal.kind}")
+
+
+HANDLERS[Verb.DF] = handle_df
+HANDLERS[Verb.PRUNE] = handle_prune

@@ -30,6 +30,7 @@ from agent.config import AgentSettings
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
 from agent.handlers import HANDLERS, RequestContext
+from agent.prune import KeepRules
 from protocol import (
     PROTOCOL_VERSION,
     VERBS,
@@ -108,6 +109,10 @@ class Agent:
         self._docker = DockerFacts(reachable=False, error="not probed yet")
         self._seen: dict[str, datetime] = {}
         self.ready = asyncio.Event()
+        self.keep_rules = KeepRules(
+            images=settings.prune_keep_images, containers=settings.prune_keep_containers
+        )
+        self.long_timeout = settings.long_timeout
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -245,7 +250,8 @@ class Agent:
         log.warning("NATS error: %s", exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not self._closed:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         nc = self._nc

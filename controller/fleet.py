@@ -23,9 +23,13 @@ from controller.transport import connect
 from protocol import (
     VERBS,
     AgentFacts,
+    DfArgs,
+    DfResult,
     ErrorCode,
     ErrorInfo,
     NatsOptions,
+    PruneArgs,
+    PruneResult,
     PsArgs,
     PsResult,
     Reply,
@@ -252,4 +256,37 @@ class Fleet:
         """Containers on every targeted host."""
         return await self.request(
             Verb.PS, args or PsArgs(), selector=selector, limit=limit, timeout=timeout
+        )
+
+    async def df(
+        self,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[DfResult]:
+        """Disk usage per kind on every targeted host."""
+        return await self.request(
+            Verb.DF, DfArgs(), selector=selector, limit=limit, timeout=timeout
+        )
+
+    async def prune(
+        self,
+        args: PruneArgs,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_reply: ReplyCallback | None = None,
+    ) -> FleetResult[PruneResult]:
+        """Remove unused objects (or, with ``args.dry_run``, report what would go)."""
+        return await self.request(
+            Verb.PRUNE,
+            args,
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_reply=on_reply,
         )

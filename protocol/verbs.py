@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -17,6 +18,8 @@ RESERVED_LABELS = frozenset({"host", "arch", "variant", "os", "kernel"})
 class Verb(StrEnum):
     PING = "ping"
     PS = "ps"
+    DF = "df"
+    PRUNE = "prune"
 
 
 class Role(StrEnum):
@@ -131,6 +134,169 @@ class PsResult(_Result):
     containers: list[ContainerSummary]
 
 
+# --- df and prune -------------------------------------------------------------
+
+KEEP_LABEL = "shoal.keep"
+"""Anything carrying ``shoal.keep=true`` is never pruned."""
+SERVICE_LABEL = "shoal.service"
+"""Containers of a Shoal-deployed service carry this label; prune never touches them."""
+PREVIOUS_IMAGE_LABEL = "shoal.previous-image"
+"""On a service container: the image of the previous revision, kept for rollback."""
+
+
+class DiskKind(StrEnum):
+    IMAGES = "images"
+    CONTAINERS = "containers"
+    VOLUMES = "volumes"
+    BUILD_CACHE = "build-cache"
+
+
+class PruneKind(StrEnum):
+    CONTAINERS = "containers"
+    IMAGES = "images"
+    VOLUMES = "volumes"
+    NETWORKS = "networks"
+    BUILD_CACHE = "build-cache"
+
+
+SYSTEM_PRUNE_KINDS = (
+    PruneKind.CONTAINERS,
+    PruneKind.IMAGES,
+    PruneKind.NETWORKS,
+    PruneKind.BUILD_CACHE,
+)
+"""What ``system`` means, as for ``docker system prune``: volumes only when named."""
+
+
+class DfArgs(_Args):
+    pass
+
+
+class DiskUsage(_Result):
+    """Usage of one kind of object on one host, in bytes."""
+
+    count: int = Field(ge=0)
+    active: int = Field(ge=0, description="Objects in use (by a container, or running).")
+    size: int = Field(ge=0)
+    reclaimable: int = Field(ge=0, description="Bytes held by objects not in use.")
+
+
+class DfResult(_Result):
+    usage: dict[DiskKind, DiskUsage]
+    api_version: str = ""
+
+    @property
+    def total_size(self) -> int:
+        return sum(u.size for u in self.usage.values())
+
+    @property
+    def total_reclaimable(self) -> int:
+        return sum(u.reclaimable for u in self.usage.values())
+
+
+_LABEL_FILTER_RE = re.compile(
+    r"^(?P<neg>!)?(?P<key>[A-Za-z0-9][A-Za-z0-9._/-]{0,127})"
+    r"(?:(?P<op>!?=)(?P<value>[^\x00-\x1f]{0,255}))?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelFilter:
+    """A docker-style label filter: ``k``, ``!k``, ``k=v`` or ``k!=v``."""
+
+    key: str
+    value: str | None
+    negate: bool
+
+    @classmethod
+    def parse(cls, text: str) -> LabelFilter:
+        m = _LABEL_FILTER_RE.fullmatch(text)
+        if not m or (m["neg"] and m["op"]):
+            raise ValueError(f"invalid label filter {text[:80]!r}: use k, !k, k=v or k!=v")
+        negate = bool(m["neg"]) or m["op"] == "!="
+        return cls(m["key"], m["value"] if m["op"] else None, negate)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        hit = self.key in labels if self.value is None else labels.get(self.key) == self.value
+        return hit != self.negate
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return f"!{self.key}" if self.negate else self.key
+        return f"{self.key}{'!=' if self.negate else '='}{self.value}"
+
+
+class PruneArgs(_Args):
+    kinds: tuple[PruneKind, ...] = Field(default=SYSTEM_PRUNE_KINDS, min_length=1)
+    until: float | None = Field(
+        default=None, gt=0, description="Only objects created more than this many seconds ago."
+    )
+    labels: tuple[str, ...] = Field(
+        default=(),
+        max_length=32,
+        description="Label filters: 'k', '!k', 'k=v' or 'k!=v' (all must hold).",
+    )
+    all_images: bool = Field(default=False, description="Unused images, not only dangling ones.")
+    volumes_all: bool = Field(
+        default=False, description="With the volumes kind: named volumes too, not only anonymous."
+    )
+    dry_run: bool = False
+
+    @field_validator("kinds")
+    @classmethod
+    def _unique(cls, value: tuple[PruneKind, ...]) -> tuple[PruneKind, ...]:
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            LabelFilter.parse(text)
+        return value
+
+    def label_filters(self) -> tuple[LabelFilter, ...]:
+        return tuple(LabelFilter.parse(text) for text in self.labels)
+
+
+class PrunedItem(_Result):
+    """One object removed (or that would be, in a dry run)."""
+
+    id: str
+    name: str = ""
+    tags: list[str] = Field(default_factory=list)
+    size: int = Field(default=0, ge=0, description="Bytes this object frees.")
+
+
+class PruneFailure(_Result):
+    id: str
+    name: str = ""
+    code: str
+    message: str
+
+
+class PruneKindResult(_Result):
+    removed: list[PrunedItem] = Field(default_factory=list)
+    failed: list[PruneFailure] = Field(default_factory=list)
+    reclaimed: int = Field(default=0, ge=0)
+    skipped: str = Field(default="", description="Why this kind was not pruned at all, if so.")
+
+
+class PruneResult(_Result):
+    dry_run: bool
+    kinds: dict[PruneKind, PruneKindResult]
+    protected: int = Field(
+        default=0, ge=0, description="Objects that matched but were protected from removal."
+    )
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(k.reclaimed for k in self.kinds.values())
+
+    @property
+    def removed_count(self) -> int:
+        return sum(len(k.removed) for k in self.kinds.values())
+
+
 # --- the verb table -----------------------------------------------------------
 
 
@@ -147,6 +313,10 @@ class VerbSpec:
 VERBS: dict[Verb, VerbSpec] = {
     Verb.PING: VerbSpec(Verb.PING, PingArgs, AgentFacts, Role.VIEWER, False, "The agent's facts."),
     Verb.PS: VerbSpec(Verb.PS, PsArgs, PsResult, Role.VIEWER, False, "List containers."),
+    Verb.DF: VerbSpec(Verb.DF, DfArgs, DfResult, Role.VIEWER, False, "Disk usage per kind."),
+    Verb.PRUNE: VerbSpec(
+        Verb.PRUNE, PruneArgs, PruneResult, Role.OPERATOR, True, "Remove unused objects."
+    ),
 }
 
 

@@ -13,9 +13,10 @@ from typing import TypeVar
 import docker
 import docker.errors
 
+from agent.docker import disk
 from agent.docker.containers import list_containers
 from agent.docker.system import engine_info, ping_engine
-from agent.engine import EngineInfo
+from agent.engine import DiskSnapshot, EngineInfo
 from protocol import ContainerSummary, DockerUnavailable, PsArgs
 
 T = TypeVar("T")
@@ -75,6 +76,24 @@ class DockerEngine:
 
     def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
         return self._call(lambda client: list_containers(client, args))
+
+    def disk_snapshot(self) -> DiskSnapshot:
+        return self._call(disk.disk_snapshot)
+
+    def remove_container(self, container_id: str) -> None:
+        self._call(lambda client: disk.remove_container(client, container_id))
+
+    def remove_image(self, ref: str) -> None:
+        self._call(lambda client: disk.remove_image(client, ref))
+
+    def remove_volume(self, name: str) -> None:
+        self._call(lambda client: disk.remove_volume(client, name))
+
+    def remove_network(self, network_id: str) -> None:
+        self._call(lambda client: disk.remove_network(client, network_id))
+
+    def prune_build_cache(self, until: float | None) -> tuple[int, int]:
+        return self._call(lambda client: disk.prune_build_cache(client, until))
 
     def close(self) -> None:
         self._reset()

@@ -20,6 +20,7 @@ from controller.cli.common import (
     print_json,
     run,
 )
+from controller.cli.disk import df, prune
 from controller.cli.ps import ps
 from controller.cli.up import up
 from controller.result import ExitCode
@@ -105,6 +106,8 @@ def main_callback(
 
 app.command(rich_help_panel="Fleet")(ps)
 app.add_typer(agents_cmd.app, name="agents", rich_help_panel="Fleet")
+app.command(rich_help_panel="Disk")(df)
+app.command(rich_help_panel="Disk")(prune)
 app.command(rich_help_panel="Set-up")(up)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -202,6 +203,27 @@ def ago(when: datetime | None) -> str:
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''} ago"
     return f"{seconds} second{'s' if seconds != 1 else ''} ago"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90m``, ``24h``, ``7d`` (also ``s`` and ``w``) in seconds; raises ValueError."""
+    m = _DURATION_RE.fullmatch(text)
+    if not m or float(m[1]) <= 0:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90m, 24h or 7d")
+    return float(m[1]) * _DURATION_UNITS[m[2]]
+
+
+def human_size(size: float) -> str:
+    """Bytes as docker shows them (kB, MB, GB: powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.3g}{unit}"
+        size /= 1000
+    return f"{size:.3g}PB"  # pragma: no cover
 
 
 def render_footer(result: FleetResult[Any]) -> None:

@@ -65,6 +65,7 @@ class AgentProcess:
         docker_host: str,
         labels: dict[str, str] | None = None,
         extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.server = server
@@ -72,6 +73,7 @@ class AgentProcess:
         self.docker_host = docker_host
         self.labels = labels or {}
         self.extra = extra or []
+        self.env = env or {}
         self.log_path = workdir / f"agent-{host_id}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -102,7 +104,7 @@ class AgentProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         if wait:
             self.wait_ready()

@@ -13,6 +13,12 @@ from protocol import NatsOptions
 from tests.integration.agents import AgentProcess
 from tests.stack import DockerEngine, NatsServer
 
+KEEP_ENV = {
+    "SHOAL_PRUNE_KEEP_IMAGES": "shoal-test/busybox:*,*/keep-*",
+    "SHOAL_PRUNE_KEEP_CONTAINERS": "keep-*",
+}
+"""Session agents protect the base image, so a test's prune can never take it."""
+
 LABELS = {
     "host-a": {"role": "web", "zone": "eu"},
     "host-b": {"role": "web", "zone": "us", "canary": "true"},
@@ -35,6 +41,7 @@ def agents(
                 host_id=engine.name,
                 docker_host=engine.host,
                 labels=LABELS[engine.name],
+                env=KEEP_ENV,
             )
             agent.start(wait=False)
             started[engine.name] = agent

@@ -41,6 +41,7 @@ def run_container(engine: DockerEngine, label: str, name: str, *, start: bool = 
             name=name,
             labels={TEST_LABEL: label, "app": name},
             network_mode="none",
+            stop_signal="SIGKILL",
         )
         if start:
             container.start()
