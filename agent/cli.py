@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import AgentSettings
-from agent.runtime import Agent, AgentStartError
+from agent.runtime import Agent, AgentStartError, AgentStopped
 from protocol.envelope import summarize_validation_error
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,6 +123,12 @@ def main_command(
     if version:
         typer.echo(f"shoal-agent {__version__}")
         raise typer.Exit(0)
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        typer.echo(
+            f"shoal-agent: invalid --log-level {log_level!r}: use debug, info, warning or error",
+            err=True,
+        )
+        raise typer.Exit(2)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -154,6 +160,8 @@ def main_command(
     install_event_loop_policy()
     try:
         asyncio.run(run_agent(Agent(settings, version=__version__)))
+    except AgentStopped as exc:
+        log.info("%s", exc)
     except AgentStartError as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None

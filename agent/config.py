@@ -54,28 +54,18 @@ class AgentSettings(BaseSettings):
     creds: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_CREDS"))
     nkey: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_NKEY"))
     user: str | None = Field(default=None, validation_alias=AliasChoices("NATS_USER"))
-    password: str | None = Field(
-        default=None, validation_alias=AliasChoices("NATS_PASSWORD")
-    )
+    password: str | None = Field(default=None, validation_alias=AliasChoices("NATS_PASSWORD"))
     token: str | None = Field(default=None, validation_alias=AliasChoices("NATS_TOKEN"))
     tlsca: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_CA"))
-    tlscert: Path | None = Field(
-        default=None, validation_alias=AliasChoices("NATS_CERT")
-    )
+    tlscert: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_CERT"))
     tlskey: Path | None = Field(default=None, validation_alias=AliasChoices("NATS_KEY"))
 
-    host_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("SHOAL_HOST_ID")
-    )
+    host_id: str | None = Field(default=None, validation_alias=AliasChoices("SHOAL_HOST_ID"))
     labels: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, validation_alias=AliasChoices("SHOAL_LABELS")
     )
-    docker_host: str | None = Field(
-        default=None, validation_alias=AliasChoices("DOCKER_HOST")
-    )
-    prefix: str = Field(
-        default=DEFAULT_PREFIX, validation_alias=AliasChoices("SHOAL_PREFIX")
-    )
+    docker_host: str | None = Field(default=None, validation_alias=AliasChoices("DOCKER_HOST"))
+    prefix: str = Field(default=DEFAULT_PREFIX, validation_alias=AliasChoices("SHOAL_PREFIX"))
     heartbeat_interval: float = Field(
         default=5.0,
         gt=0,
@@ -85,9 +75,7 @@ class AgentSettings(BaseSettings):
     concurrency: int = Field(
         default=8, ge=1, le=256, validation_alias=AliasChoices("SHOAL_CONCURRENCY")
     )
-    queue_limit: int = Field(
-        default=256, ge=0, validation_alias=AliasChoices("SHOAL_QUEUE_LIMIT")
-    )
+    queue_limit: int = Field(default=256, ge=0, validation_alias=AliasChoices("SHOAL_QUEUE_LIMIT"))
     docker_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -99,7 +87,7 @@ class AgentSettings(BaseSettings):
         validation_alias=AliasChoices("SHOAL_SHUTDOWN_GRACE"),
     )
     max_clock_skew: float = Field(
-        default=300.0,
+        default=60.0,
         ge=0,
         validation_alias=AliasChoices("SHOAL_MAX_CLOCK_SKEW"),
     )

@@ -60,6 +60,7 @@ from protocol import (
     sanitize_host_id,
     utcnow,
 )
+from protocol.connection import is_auth_error
 from protocol.envelope import UNKNOWN_REQUEST_ID, summarize_validation_error
 
 log = logging.getLogger("shoal.agent")
@@ -67,11 +68,14 @@ T = TypeVar("T")
 
 ENGINE_PROBE_TIMEOUT = 5.0
 DUPLICATE_CHECK_TIMEOUT = 2.0
-CONNECT_BACKOFF_MAX = 10.0
 
 
 class AgentStartError(Exception):
     """The agent cannot start (bad configuration, host id already in use, …)."""
+
+
+class AgentStopped(AgentStartError):
+    """The agent was asked to stop before it had started."""
 
 
 class Agent:
@@ -105,6 +109,8 @@ class Agent:
         self._accepting = False
         self._closed = False
         self._stop_requested = asyncio.Event()
+        self._auth_refused = asyncio.Event()
+        self._connect_failures = 0
         self._engine_info: EngineInfo | None = None
         self._docker = DockerFacts(reachable=False, error="not probed yet")
         self._seen: dict[str, datetime] = {}
@@ -214,40 +220,49 @@ class Agent:
     # --- NATS -------------------------------------------------------------------
 
     async def _connect(self) -> NATS:
+        """Connect, retrying forever, until connected, refused, or asked to stop."""
         options = self.settings.nats_options(self.host_id)
-        delay = 0.5
-        while True:
-            try:
-                return await nats.connect(
-                    **options.connect_kwargs(),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1.0,
-                    connect_timeout=3,
-                    ping_interval=2,
-                    max_outstanding_pings=2,
-                    error_cb=self._on_nats_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-            except (OSError, nats.errors.Error, TimeoutError) as exc:
-                if isinstance(exc, nats.errors.Error) and "Authorization" in str(exc):
-                    raise AgentStartError(f"NATS refused the credentials: {exc}") from exc
-                log.warning(
-                    "cannot reach NATS at %s (%s); retrying in %.1fs",
-                    ",".join(options.servers),
-                    exc or type(exc).__name__,
-                    delay,
-                )
-                try:
-                    await asyncio.wait_for(self._stop_requested.wait(), timeout=delay)
-                except TimeoutError:
-                    delay = min(delay * 2, CONNECT_BACKOFF_MAX)
-                    continue
-                raise AgentStartError("stopped before NATS was reachable") from exc
+        self._auth_refused.clear()
+        connecting = asyncio.create_task(
+            nats.connect(
+                **options.connect_kwargs(),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1.0,
+                connect_timeout=3,
+                ping_interval=2,
+                max_outstanding_pings=2,
+                error_cb=self._on_nats_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            ),
+            name="nats-connect",
+        )
+        stopping = asyncio.create_task(self._stop_requested.wait())
+        refused = asyncio.create_task(self._auth_refused.wait())
+        await asyncio.wait({connecting, stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopping, refused):
+            task.cancel()
+        if connecting.done() and not connecting.cancelled():
+            self._connect_failures = 0
+            return connecting.result()
+        connecting.cancel()
+        await asyncio.gather(connecting, stopping, refused, return_exceptions=True)
+        if self._auth_refused.is_set():
+            raise AgentStartError(
+                f"NATS at {', '.join(options.servers)} refused this agent's credentials"
+            )
+        raise AgentStopped("stopped before NATS was reachable")
 
     async def _on_nats_error(self, exc: Exception) -> None:
-        log.warning("NATS error: %s", exc or type(exc).__name__)
+        connected = self._nc is not None and self._nc.is_connected
+        if is_auth_error(exc) and self._nc is None:
+            self._auth_refused.set()
+            return
+        self._connect_failures += 1
+        if connected or self._connect_failures in (1, 10) or self._connect_failures % 60 == 0:
+            servers = ", ".join(self.settings.servers)
+            log.warning("NATS (%s): %s", servers, exc or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
@@ -401,19 +416,31 @@ class Agent:
 
     async def _on_request(self, msg: Msg) -> None:
         """NATS callback: never blocks; schedules the request as its own task."""
-        if not self._accepting:
-            await self._reply_refusal(msg, ShuttingDown("the agent is shutting down"))
-            return
+        refusal: ShoalError | None = None
         limit = self.settings.concurrency + self.settings.queue_limit
-        if self._pending >= limit:
-            await self._reply_refusal(
-                msg, Busy(f"the agent has {self._pending} requests queued or running")
-            )
+        if not self._accepting:
+            refusal = ShuttingDown("the agent is shutting down")
+        elif self._pending >= limit:
+            refusal = Busy(f"the agent has {self._pending} requests queued or running")
+        if refusal is not None:
+            if self._is_for_me(msg):
+                await self._reply_refusal(msg, refusal)
             return
         self._pending += 1
         task = asyncio.create_task(self._serve(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _is_for_me(self, msg: Msg) -> bool:
+        """A direct request is; a broadcast only if its selector matches this host."""
+        verb = self.subjects.verb_of(msg.subject)
+        if msg.subject != self.subjects.broadcast(verb):
+            return True
+        try:
+            request = decode_request(msg.data)
+        except ShoalError:
+            return False
+        return request.target.matches(self.host_id, self.facts().selectable())
 
     async def _reply_refusal(self, msg: Msg, exc: ShoalError) -> None:
         _, request_id = request_head(msg.data)
@@ -485,7 +512,7 @@ class Agent:
             )
         now = utcnow()
         skew = timedelta(seconds=self.settings.max_clock_skew)
-        if now > request.expires_at:
+        if now > request.expires_at + skew:
             raise Expired(
                 f"request expired at {request.expires_at.isoformat(timespec='seconds')}",
                 detail={"expires_at": request.expires_at.isoformat()},
@@ -570,4 +597,4 @@ class Agent:
             log.warning("could not send reply to %s: %s", reply_to, exc)
 
 
-__all__ = ["Agent", "AgentStartError"]
+__all__ = ["Agent", "AgentStartError", "AgentStopped"]

@@ -81,8 +81,13 @@ class EmbeddedNats:
         self.process: asyncio.subprocess.Process | None = None
 
     @property
+    def local_host(self) -> str:
+        """Where local clients connect (loopback when listening on every address)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"nats://{self.local_host}:{self.port}"
 
     async def __aenter__(self) -> EmbeddedNats:
         await self.start()
@@ -98,7 +103,7 @@ class EmbeddedNats:
 
     async def start(self, ready_timeout: float = 10.0) -> None:
         binary = find_nats_server()
-        if port_in_use(self.host, self.port):
+        if port_in_use(self.local_host, self.port):
             raise EmbeddedServerError(
                 f"{self.host}:{self.port} is already in use (another 'shoal up'?); "
                 "use --port to pick another"
@@ -123,7 +128,7 @@ class EmbeddedNats:
         )
         try:
             async with asyncio.timeout(ready_timeout):
-                while not port_in_use(self.host, self.port):
+                while not port_in_use(self.local_host, self.port):
                     if self.process.returncode is not None:
                         raise EmbeddedServerError(
                             f"nats-server exited with {self.process.returncode}; see {log_file}"

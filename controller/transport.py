@@ -13,34 +13,41 @@ from nats.aio.client import Client as NATS
 
 from controller.errors import ConnectError, RegistryUnavailable
 from protocol import NatsOptions
+from protocol.connection import is_auth_error
 
 log = logging.getLogger("shoal.controller")
 
 
-async def _quiet_error_cb(exc: Exception) -> None:
-    log.debug("NATS error: %s", exc)
-
-
 async def connect(options: NatsOptions, *, connect_timeout: float = 3.0) -> NATS:
-    """Connect once (no retry loop: an operator wants to know at once)."""
+    """Connect with a few quick retries (an operator wants to know at once)."""
+    errors: list[Exception] = []
+
+    async def remember_error(exc: Exception) -> None:
+        errors.append(exc)
+        log.debug("NATS error: %s", exc)
+
+    servers = ", ".join(options.servers)
     try:
         return await nats.connect(
             **options.connect_kwargs(),
             connect_timeout=connect_timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=3,
-            reconnect_time_wait=0.5,
-            error_cb=_quiet_error_cb,
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.3,
+            error_cb=remember_error,
             pending_size=64 * 1024 * 1024,
         )
-    except nats.errors.NoServersError as exc:
-        raise ConnectError(
-            f"cannot reach NATS at {', '.join(options.servers)}; is the server running? "
-            "(set --server or NATS_URL)"
-        ) from exc
     except (OSError, TimeoutError, nats.errors.Error) as exc:
+        causes = [*errors, exc]
+        if any(is_auth_error(e) for e in causes):
+            raise ConnectError(
+                f"NATS at {servers} refused the credentials (check --creds, --nkey, "
+                "--user/--password or --token)"
+            ) from exc
+        detail = next((str(e) for e in reversed(causes) if str(e)), type(exc).__name__)
         raise ConnectError(
-            f"cannot connect to NATS at {', '.join(options.servers)}: {exc or type(exc).__name__}"
+            f"cannot reach NATS at {servers} ({detail}); is the server running? "
+            "(set --server or NATS_URL)"
         ) from exc
 
 

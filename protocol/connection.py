@@ -91,3 +91,14 @@ class NatsOptions(BaseModel):
         if context is not None:
             kwargs["tls"] = context
         return kwargs
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """True if a NATS client error means the server refused the credentials.
+
+    nats-py raises ``AuthorizationError`` once connected, but during connect it
+    passes the server's ``-ERR 'Authorization Violation'`` as a plain error, so
+    both are recognised here, in one place.
+    """
+    text = str(exc).lower()
+    return type(exc).__name__ == "AuthorizationError" or "authorization violation" in text

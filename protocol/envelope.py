@@ -27,6 +27,9 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 256 * 1024
 """Largest request an agent accepts; larger ones get ``payload_too_large``."""
 
+WIRE_REQUIRED = frozenset({"v", "id", "verb", "issued_at", "ttl", "target"})
+"""Fields a request on the wire must carry, though the model has defaults for building."""
+
 DEFAULT_TTL = 60.0
 MAX_TTL = 24 * 3600.0
 
@@ -50,10 +53,19 @@ class _Message(BaseModel):
     v: int = Field(default=PROTOCOL_VERSION, ge=1, description="Protocol version.")
 
 
+def _one_of_host_or_selector(schema: dict[str, Any]) -> None:
+    schema["oneOf"] = [
+        {"required": ["host"], "properties": {"host": {"type": "string"}}},
+        {"required": ["selector"], "properties": {"selector": {"type": "object"}}},
+    ]
+
+
 class Target(BaseModel):
     """A direct request names one host; a broadcast carries a selector."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra=_one_of_host_or_selector
+    )
 
     host: HostId | None = None
     selector: Selector | None = None
@@ -71,8 +83,15 @@ class Target(BaseModel):
         return self.selector.matches(host_id, labels)
 
 
+def _wire_required(schema: dict[str, Any]) -> None:
+    """On the wire these fields are required, though the model has defaults for building."""
+    schema["required"] = sorted(WIRE_REQUIRED)
+
+
 class Request(_Message):
     """A request from a controller to one host or to every matching host."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_wire_required)
 
     kind: Literal["request"] = "request"
     id: RequestId = Field(default_factory=new_request_id)
@@ -191,10 +210,6 @@ def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Reques
     if absent:
         raise BadRequest(f"malformed request: missing {', '.join(sorted(absent))}")
     return request
-
-
-WIRE_REQUIRED = frozenset({"v", "id", "verb", "issued_at", "ttl", "target"})
-"""Fields a request on the wire must carry, though the model has defaults for building."""
 
 
 def json_safe_errors(exc: ValidationError) -> list[dict[str, Any]]:

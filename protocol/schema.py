@@ -9,12 +9,12 @@ from pydantic.json_schema import models_json_schema
 
 from protocol.envelope import PROTOCOL_VERSION, Progress, Reply, Request
 from protocol.errors import ErrorCode
-from protocol.verbs import VERBS, AgentFacts
+from protocol.verbs import VERBS, AgentEvent, AgentFacts
 
 
 def protocol_schema() -> dict[str, Any]:
     """The JSON Schema of the envelope, the heartbeat and each verb's args and result."""
-    models: list[type[BaseModel]] = [Request, Progress, Reply, AgentFacts]
+    models: list[type[BaseModel]] = [Request, Progress, Reply, AgentFacts, AgentEvent]
     for spec in VERBS.values():
         models.extend([spec.args, spec.result])
     unique = list(dict.fromkeys(models))
@@ -34,6 +34,7 @@ def protocol_schema() -> dict[str, Any]:
         "progress": ref(Progress),
         "reply": ref(Reply),
         "heartbeat": ref(AgentFacts),
+        "event": ref(AgentEvent),
     }
     schema["verbs"] = {
         str(spec.verb): {

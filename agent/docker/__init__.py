@@ -40,12 +40,13 @@ class DockerEngine:
         with self._lock:
             if self._client is None:
                 try:
+                    # from_env keeps DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for tcp:// engines.
+                    environment = dict(os.environ)
                     if self.base_url:
-                        client = docker.DockerClient(
-                            base_url=self.base_url, version="auto", timeout=int(self.timeout)
-                        )
-                    else:
-                        client = docker.from_env(version="auto", timeout=int(self.timeout))
+                        environment["DOCKER_HOST"] = self.base_url
+                    client = docker.from_env(
+                        version="auto", timeout=int(self.timeout), environment=environment
+                    )
                 except docker.errors.DockerException as exc:
                     where = self.base_url or os.environ.get("DOCKER_HOST") or "the local socket"
                     raise DockerUnavailable(

@@ -108,6 +108,12 @@ def forget(
 
     async def work() -> bool:
         async with fleet:
+            online = any(r.host_id == host_id and r.online for r in await fleet.agents())
+            if online:
+                err.print(
+                    f"[yellow]warning:[/yellow] {host_id} is online; "
+                    "it will reappear with its next heartbeat"
+                )
             return await fleet.forget(host_id)
 
     known = run(work())

@@ -236,7 +236,7 @@ def render_footer(result: FleetResult[Any]) -> None:
     for host, error in sorted(result.errors.items()):
         err.print(f"[red]error[/red] {host}: {error.code}: {error.message}")
     for host in result.missing:
-        reason = "offline (no heartbeat)" if host in result.offline else "no answer"
+        reason = "offline" if host in result.offline else "no answer"
         err.print(f"[yellow]missing[/yellow] {host}: {reason}")
 
 

@@ -20,12 +20,14 @@ from controller.fleet import Fleet
 from protocol import NatsOptions
 
 
-async def run_up(store: Path, port: int, settings: AgentSettings | None, prefix: str) -> None:
+async def run_up(
+    store: Path, address: str, port: int, settings: AgentSettings | None, prefix: str
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with EmbeddedNats(store, port=port) as server:
+    async with EmbeddedNats(store, host=address, port=port) as server:
         async with Fleet(NatsOptions(servers=server.url), prefix=prefix) as fleet:
             await fleet.init_registry()
         err.print(f"[green]NATS[/green] with JetStream on {server.url} (store {store})")
@@ -54,7 +56,15 @@ async def run_up(store: Path, port: int, settings: AgentSettings | None, prefix:
 
 def up(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option("--port", help="NATS port on 127.0.0.1.")] = 4222,
+    port: Annotated[int, typer.Option("--port", help="NATS client port.")] = 4222,
+    address: Annotated[
+        str,
+        typer.Option(
+            "--address",
+            help="Address NATS listens on; 0.0.0.0 lets agents on other hosts join "
+            "(then restrict who can reach it: whoever can publish to it commands the agents).",
+        ),
+    ] = "127.0.0.1",
     store: Annotated[
         Path | None,
         typer.Option("--store", help="JetStream store. \\[default: ~/.local/state/shoal/nats]"),
@@ -98,4 +108,4 @@ def up(
         except ValueError as exc:
             usage_error(str(exc))
     install_event_loop_policy()
-    run(run_up(store or state_dir() / "nats", port, settings, g.prefix))
+    run(run_up(store or state_dir() / "nats", address, port, settings, g.prefix))

@@ -88,12 +88,13 @@ def test_schema_is_deterministic(schema: dict[str, Any]) -> None:
 
 def test_schema_messages(schema: dict[str, Any]) -> None:
     messages = schema["messages"]
-    assert set(messages) == {"request", "progress", "reply", "heartbeat"}
+    assert set(messages) == {"request", "progress", "reply", "heartbeat", "event"}
     expected_titles = {
         "request": "Request",
         "progress": "Progress",
         "reply": "Reply",
         "heartbeat": "AgentFacts",
+        "event": "AgentEvent",
     }
     for name, ref in messages.items():
         target = resolve(schema, ref["$ref"])

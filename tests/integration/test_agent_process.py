@@ -1,0 +1,104 @@
+"""The agent process at its edges: NATS unreachable, credentials refused, bad flags."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.agents import AgentProcess, run_shoal
+from tests.integration.test_ps_cli import poll
+from tests.stack import NatsServer, free_port
+
+pytestmark = pytest.mark.nats
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def token_server(stack_dir: Path) -> Iterator[NatsServer]:
+    """A NATS server that requires a token."""
+    with NatsServer(
+        stack_dir / f"nats-token-{free_port()}",
+        jetstream=False,
+        config=f'authorization {{ token: "{TOKEN}" }}\n',
+    ) as server:
+        yield server
+
+
+def agent(workdir: Path, server: str, *extra: str) -> AgentProcess:
+    return AgentProcess(
+        workdir,
+        server=server,
+        host_id=f"edge-{free_port()}",
+        docker_host="unix:///nonexistent/docker.sock",
+        extra=list(extra),
+    )
+
+
+def test_refused_credentials_end_the_agent_with_exit_1(
+    token_server: NatsServer, stack_dir: Path
+) -> None:
+    process = agent(stack_dir / "edge", token_server.url, "--token", "wrong")
+    process.start(wait=False)
+    assert process.process is not None
+    assert process.process.wait(30) == 1, process.log()
+    assert "refused this agent's credentials" in process.log()
+
+
+def test_the_right_token_connects_and_serves(token_server: NatsServer, stack_dir: Path) -> None:
+    process = agent(stack_dir / "edge", token_server.url, "--token", TOKEN)
+    process.start(wait=False)
+
+    def answers() -> bool:
+        result = run_shoal(
+            "--token", TOKEN, "ps", "--json", "--timeout", "2", server=token_server.url
+        )
+        return result.code == 1 and process.host_id in result.json()["errors"]
+
+    try:
+        poll("the agent to answer through the token-protected server", answers)
+        result = run_shoal("--token", TOKEN, "ps", "--json", server=token_server.url)
+        assert result.json()["errors"][process.host_id]["code"] == "docker_unavailable"
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+def test_the_cli_names_refused_credentials(token_server: NatsServer) -> None:
+    result = run_shoal("--token", "wrong", "ps", server=token_server.url)
+    assert result.code == 5
+    assert "refused the credentials" in result.stderr
+
+
+def test_sigterm_while_nats_is_unreachable_exits_0_promptly(stack_dir: Path) -> None:
+    process = agent(stack_dir / "edge", f"nats://127.0.0.1:{free_port()}")
+    process.start(wait=False)
+    assert process.process is not None
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.process.wait(2)  # still trying to connect, not dead
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(10) == 0, process.log()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--server", "http://nats:4222"],
+        ["--password", "x"],
+        ["--tlscert", "/nonexistent.pem"],
+        ["--label", "arch=arm64"],
+        ["--label", "no-equals"],
+        ["--host-id", "a.b"],
+        ["--log-level", "chatty"],
+    ],
+)
+def test_bad_configuration_exits_2_with_a_message(stack_dir: Path, extra: list[str]) -> None:
+    process = agent(stack_dir / "edge", "nats://127.0.0.1:1", *extra)
+    process.start(wait=False)
+    assert process.process is not None
+    assert process.process.wait(30) == 2, process.log()
+    assert "Traceback" not in process.log()
+    assert "invalid" in process.log().lower()
