@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import AgentSettings
-from agent.runtime import Agent, AgentStartError, AgentStopped
+from agent.runtime import Agent, AgentConfigError, AgentStartError, AgentStopped
 from protocol.envelope import summarize_validation_error
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,6 +35,7 @@ async def run_agent(agent: Agent) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload_trust)
     try:
         await agent.start()
         await agent.serve_forever()
@@ -114,6 +115,39 @@ def main_command(
             help="Requests served at once. \\[default: 8]",
         ),
     ] = None,
+    trust: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust",
+            envvar="SHOAL_TRUST",
+            help="Trust file (TOML): the public keys allowed to send requests, with roles.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="SHOAL_INSECURE",
+            help="Accept UNSIGNED requests from anyone who can publish to NATS (no trust file).",
+        ),
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="SHOAL_STATE_DIR",
+            help="State directory (request journal). \\[default: /var/lib/shoal/agent as root, "
+            "else ~/.local/state/shoal/agent]",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            envvar="SHOAL_POLICY",
+            help="Policy file (TOML): images, privileges and mounts this host allows.",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="SHOAL_LOG_LEVEL", help="debug, info, warning")
     ] = "info",
@@ -150,6 +184,10 @@ def main_command(
         "prefix": prefix,
         "heartbeat_interval": heartbeat_interval,
         "concurrency": concurrency,
+        "trust": trust,
+        "insecure": insecure or None,
+        "state_dir": state_dir,
+        "policy": policy,
     }
     try:
         settings = AgentSettings.from_options(options)
@@ -165,6 +203,9 @@ def main_command(
     except AgentStartError as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
+    except AgentConfigError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

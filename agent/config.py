@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,6 +110,36 @@ class AgentSettings(BaseSettings):
         description="Seconds allowed for long engine calls (disk usage, pull, build-cache prune).",
     )
 
+    trust: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHOAL_TRUST"),
+        description="Trust file: the keys allowed to send requests, with their roles.",
+    )
+    insecure: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("SHOAL_INSECURE"),
+        description="Accept unsigned requests from anyone (no trust file).",
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHOAL_STATE_DIR"),
+        description="Where the agent keeps its request journal.",
+    )
+    policy: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHOAL_POLICY"),
+        description="Policy file: what this host allows deploys to do.",
+    )
+
+    def resolved_state_dir(self, host_id: str) -> Path:
+        """The state directory for this host id (default under the user's state dir)."""
+        if self.state_dir is not None:
+            return self.state_dir / host_id
+        if os.geteuid() == 0:
+            return Path("/var/lib/shoal/agent") / host_id
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "shoal" / "agent" / host_id
+
     @field_validator("prune_keep_images", "prune_keep_containers", mode="before")
     @classmethod
     def _split_globs(cls, value: Any) -> tuple[str, ...]:
@@ -141,6 +172,8 @@ class AgentSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_nats(self) -> AgentSettings:
         self.nats_options(self.host_id or "agent")
+        if self.insecure and self.trust is not None:
+            raise ValueError("--insecure and --trust contradict each other: give one")
         return self
 
     @classmethod

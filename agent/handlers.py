@@ -24,6 +24,8 @@ from protocol import (
     PsResult,
     Request,
     ShoalError,
+    StatusArgs,
+    StatusResult,
     Verb,
     utcnow,
 )
@@ -214,3 +216,25 @@ async def _remove(agent: Agent, removal: Removal) -> None:
 
 HANDLERS[Verb.DF] = handle_df
 HANDLERS[Verb.PRUNE] = handle_prune
+
+
+async def handle_status(ctx: RequestContext, args: StatusArgs) -> BaseModel:
+    entry = ctx.agent.journal.get(args.request_id)
+    if entry is None:
+        return StatusResult(request_id=args.request_id, state="unknown")
+    interrupted = entry.state == "interrupted"
+    return StatusResult(
+        request_id=entry.id,
+        state=entry.state,
+        verb=entry.verb,
+        ok=False if interrupted else entry.ok,
+        error_code="interrupted" if interrupted else entry.code,
+        error_message=(
+            "the agent stopped before the request finished" if interrupted else entry.message
+        ),
+        started_at=entry.started_at,
+        finished_at=entry.finished_at,
+    )
+
+
+HANDLERS[Verb.STATUS] = handle_status

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -26,16 +27,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
+from agent.audit import log_record, redact
 from agent.config import AgentSettings
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
 from agent.handlers import HANDLERS, RequestContext
+from agent.journal import JournalEntry, RequestJournal
 from agent.prune import KeepRules
+from agent.trust import TrustEntry, TrustError, TrustStore
 from protocol import (
     PROTOCOL_VERSION,
     VERBS,
     AgentEvent,
     AgentFacts,
+    AuditRecord,
     BadRequest,
     Busy,
     DockerFacts,
@@ -57,11 +62,17 @@ from protocol import (
     error_reply,
     normalize_arch,
     request_head,
+    required_role,
     sanitize_host_id,
     utcnow,
 )
 from protocol.connection import is_auth_error
-from protocol.envelope import UNKNOWN_REQUEST_ID, summarize_validation_error
+from protocol.envelope import (
+    UNKNOWN_REQUEST_ID,
+    decode_request_document,
+    summarize_validation_error,
+)
+from protocol.signing import Forbidden, Unauthorized, verify_document
 
 log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
@@ -74,8 +85,23 @@ class AgentStartError(Exception):
     """The agent cannot start (bad configuration, host id already in use, …)."""
 
 
+class AgentConfigError(AgentStartError):
+    """The agent's configuration is incomplete or contradictory (a usage error)."""
+
+
 class AgentStopped(AgentStartError):
     """The agent was asked to stop before it had started."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request that passed every check, with who sent it."""
+
+    request: Request
+    verb: Verb
+    args: BaseModel
+    signer: TrustEntry | None
+    key: str | None
 
 
 class Agent:
@@ -113,8 +139,11 @@ class Agent:
         self._connect_failures = 0
         self._engine_info: EngineInfo | None = None
         self._docker = DockerFacts(reachable=False, error="not probed yet")
-        self._seen: dict[str, datetime] = {}
         self.ready = asyncio.Event()
+        self.trust: TrustStore | None = (
+            TrustStore(settings.trust) if settings.trust is not None else None
+        )
+        self.journal = RequestJournal(None)
         self.keep_rules = KeepRules(
             images=settings.prune_keep_images, containers=settings.prune_keep_containers
         )
@@ -136,10 +165,31 @@ class Agent:
 
     async def start(self) -> None:
         """Probe the engine, connect to NATS, refuse a duplicate host id, subscribe."""
+        if self.trust is None and not self.settings.insecure:
+            raise AgentConfigError(
+                "no trust file: give --trust FILE (env SHOAL_TRUST) listing the keys allowed "
+                "to send requests, or --insecure to accept unsigned requests from anyone"
+            )
+        if self.trust is not None:
+            try:
+                self.trust.load()
+            except TrustError as exc:
+                raise AgentStartError(str(exc)) from exc
         await self._probe_engine()
         if not self.host_id:
             self.host_id = self._default_host_id()
         log.info("agent %s starting (instance %s)", self.host_id, self.instance)
+        if self.trust is None:
+            log.warning(
+                "INSECURE MODE: this agent accepts UNSIGNED requests from anyone who can "
+                "publish to its NATS subjects; give it a trust file (--trust) in production"
+            )
+        state_dir = self.settings.resolved_state_dir(self.host_id)
+        self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
+        try:
+            self.journal.load(utcnow())
+        except OSError as exc:
+            raise AgentStartError(f"cannot use state directory {state_dir}: {exc}") from exc
         self._nc = await self._connect()
         await self._refuse_duplicate()
         self._accepting = True
@@ -230,6 +280,7 @@ class Agent:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1.0,
                 connect_timeout=3,
+                inbox_prefix=self.subjects.agent_inbox_prefix(self.host_id),
                 ping_interval=2,
                 max_outstanding_pings=2,
                 error_cb=self._on_nats_error,
@@ -378,6 +429,7 @@ class Agent:
             started_at=self.started_at,
             sent_at=utcnow(),
             heartbeat_interval=self.settings.heartbeat_interval,
+            insecure=self.trust is None,
         )
 
     async def current_facts(self) -> AgentFacts:
@@ -401,6 +453,17 @@ class Agent:
             self.subjects.event(self.host_id, kind), event.model_dump_json().encode()
         )
 
+    def reload_trust(self) -> None:
+        """Reload the trust file now (SIGHUP)."""
+        if self.trust is not None and self.trust.reload_if_changed(force=True):
+            log.info("trust reloaded on request")
+
+    def _housekeeping(self) -> None:
+        if self.trust is not None:
+            self.trust.reload_if_changed()
+        if self.journal.needs_compaction():
+            self.journal.compact(utcnow())
+
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
@@ -408,7 +471,7 @@ class Agent:
             try:
                 await self._probe_engine()
                 await self._publish_heartbeat()
-                self._forget_expired()
+                self._housekeeping()
             except (nats.errors.Error, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -452,18 +515,17 @@ class Agent:
     async def _serve(self, msg: Msg) -> None:
         started_at = utcnow()
         t0 = time.monotonic()
-        request_id = UNKNOWN_REQUEST_ID
-        reply: Reply | None
+        admission: Admission | None = None
         try:
             try:
-                request = self._admit(msg)
-                if request is None:
+                admission = self._admit(msg)
+                if admission is None:
                     return  # a broadcast for other hosts
-                request_id = request.id
                 async with self._slots:
-                    result = await self._dispatch(request, msg.reply)
+                    ctx = RequestContext(self, admission.request, msg.reply)
+                    result = await HANDLERS[admission.verb](ctx, admission.args)
                 reply = Reply(
-                    id=request.id,
+                    id=admission.request.id,
                     host=self.host_id,
                     ok=True,
                     result=result.model_dump(mode="json"),
@@ -471,37 +533,86 @@ class Agent:
                     duration=time.monotonic() - t0,
                 )
             except ShoalError as exc:
-                if request_id == UNKNOWN_REQUEST_ID:
-                    request_id = request_head(msg.data)[1] or UNKNOWN_REQUEST_ID
-                log.info("request %s refused or failed: %s: %s", request_id, exc.code, exc.message)
-                reply = error_reply(
-                    request_id,
-                    self.host_id,
-                    exc,
-                    started_at=started_at,
-                    duration=time.monotonic() - t0,
-                )
+                reply = self._failure(msg, admission, exc, started_at, t0)
             except Exception:
-                log.exception("internal error serving request %s", request_id)
-                reply = error_reply(
-                    request_id,
-                    self.host_id,
-                    ShoalError("internal agent error; see the agent's log"),
-                    started_at=started_at,
-                    duration=time.monotonic() - t0,
-                )
+                log.exception("internal error serving a request on %s", msg.subject)
+                failure = ShoalError("internal agent error; see the agent's log")
+                reply = self._failure(msg, admission, failure, started_at, t0)
+            await self._conclude(msg, admission, reply)
             await self._send(msg.reply, reply)
         finally:
             self._pending -= 1
 
-    def _admit(self, msg: Msg) -> Request | None:
-        """Validate a request against the subject, its time window and replays."""
-        request = decode_request(msg.data)
-        verb = self.subjects.verb_of(msg.subject)
-        if request.verb != verb:
-            raise BadRequest(f"request verb {request.verb!r} does not match subject verb {verb!r}")
-        broadcast = msg.subject == self.subjects.broadcast(verb)
-        if broadcast:
+    def _failure(
+        self,
+        msg: Msg,
+        admission: Admission | None,
+        exc: ShoalError,
+        started_at: datetime,
+        t0: float,
+    ) -> Reply:
+        request_id = (
+            admission.request.id
+            if admission is not None
+            else request_head(msg.data)[1] or UNKNOWN_REQUEST_ID
+        )
+        log.info("request %s refused or failed: %s: %s", request_id, exc.code, exc.message)
+        return error_reply(
+            request_id, self.host_id, exc, started_at=started_at, duration=time.monotonic() - t0
+        )
+
+    async def _conclude(self, msg: Msg, admission: Admission | None, reply: Reply) -> None:
+        """Journal the outcome and write the audit record of this decision."""
+        error = reply.error
+        code = str(error.code) if error is not None else None
+        if admission is not None:
+            self.journal.finish(
+                admission.request.id,
+                utcnow(),
+                ok=reply.ok,
+                code=code,
+                message=error.message if error is not None else None,
+            )
+        request = admission.request if admission is not None else None
+        signer = admission.signer if admission is not None else None
+        record = AuditRecord(
+            at=utcnow(),
+            host=self.host_id,
+            request_id=reply.id,
+            verb=request.verb if request is not None else self.subjects.verb_of(msg.subject)[:32],
+            sender=request.sender if request is not None else "",
+            signer=signer.name if signer is not None else None,
+            key=admission.key if admission is not None else None,
+            role=str(signer.role) if signer is not None else None,
+            decision="accepted" if admission is not None else "refused",
+            code=code,
+            reason=error.message[:500] if error is not None else "",
+            outcome=("ok" if reply.ok else "error") if admission is not None else None,
+            duration=round(reply.duration, 6),
+            args=redact(request.args) if request is not None else {},
+        )
+        log_record(record)
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.publish(
+                    self.subjects.audit(self.host_id), record.model_dump_json().encode()
+                )
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("could not publish an audit record: %s", exc)
+
+    def _admit(self, msg: Msg) -> Admission | None:
+        """Decide whether to run a request. Every check here refuses with a typed error.
+
+        Order: shape, subject and target, signature and trust, time window,
+        verb and arguments, role, then the journal (at most once per host).
+        """
+        request, document = decode_request_document(msg.data)
+        verb_token = self.subjects.verb_of(msg.subject)
+        if request.verb != verb_token:
+            raise BadRequest(
+                f"request verb {request.verb!r} does not match subject verb {verb_token!r}"
+            )
+        if msg.subject == self.subjects.broadcast(verb_token):
             if request.target.selector is None:
                 raise BadRequest("a broadcast request must carry a selector")
             if not request.target.matches(self.host_id, self.facts().selectable()):
@@ -510,23 +621,8 @@ class Agent:
             raise BadRequest(
                 f"request for host {request.target.host!r} arrived at {self.host_id!r}"
             )
-        now = utcnow()
-        skew = timedelta(seconds=self.settings.max_clock_skew)
-        if now > request.expires_at + skew:
-            raise Expired(
-                f"request expired at {request.expires_at.isoformat(timespec='seconds')}",
-                detail={"expires_at": request.expires_at.isoformat()},
-            )
-        if request.issued_at > now + skew:
-            raise Expired("request issued in the future; check the clocks")
-        if request.id in self._seen:
-            raise Replayed(
-                f"request {request.id} was already received; a request runs at most once"
-            )
-        self._seen[request.id] = request.expires_at + skew
-        return request
-
-    async def _dispatch(self, request: Request, reply_to: str | None) -> BaseModel:
+        signer, key = self._authenticate(document)
+        self._check_window(request)
         try:
             verb = Verb(request.verb)
         except ValueError:
@@ -534,20 +630,74 @@ class Agent:
                 f"unknown verb {request.verb!r}",
                 detail={"known": sorted(str(v) for v in VERBS)},
             ) from None
-        spec = VERBS[verb]
         try:
-            args = spec.args.model_validate(request.args)
+            args = VERBS[verb].args.model_validate(request.args)
         except ValidationError as exc:
             raise BadRequest(
                 f"invalid arguments for {verb}: {summarize_validation_error(exc)}"
             ) from exc
-        ctx = RequestContext(self, request, reply_to)
-        return await HANDLERS[verb](ctx, args)
+        needed = required_role(verb, args)
+        if signer is not None and not signer.role.allows(needed):
+            raise Forbidden(
+                f"key {signer.name!r} has role {signer.role}; {verb} here needs {needed}",
+                detail={"role": str(signer.role), "needed": str(needed)},
+            )
+        earlier = self.journal.get(request.id)
+        if earlier is not None:
+            raise Replayed(
+                f"request {request.id} was already received ({earlier.state}); "
+                "a request runs at most once",
+                detail={"state": earlier.state, "ok": earlier.ok},
+            )
+        skew = timedelta(seconds=self.settings.max_clock_skew)
+        self.journal.start(
+            JournalEntry(
+                id=request.id,
+                verb=str(verb),
+                expires=request.expires_at + skew,
+                state="running",
+                started_at=utcnow(),
+            ),
+            durable=VERBS[verb].mutating,
+        )
+        return Admission(request, verb, args, signer, key)
 
-    def _forget_expired(self) -> None:
+    def _authenticate(self, document: dict[str, Any]) -> tuple[TrustEntry | None, str | None]:
+        """The trusted signer of a request; (None, None) on an insecure agent."""
+        if self.trust is None:
+            return None, None
+        key = verify_document(document)
+        entry = self.trust.lookup(key)
+        if entry is None:
+            raise Unauthorized(
+                f"key {key} is not trusted by host {self.host_id}",
+                detail={"key": key},
+            )
+        return entry, key
+
+    def _check_window(self, request: Request) -> None:
         now = utcnow()
-        for request_id in [rid for rid, exp in self._seen.items() if exp < now]:
-            del self._seen[request_id]
+        allowed = self.settings.max_clock_skew
+        skew = timedelta(seconds=allowed)
+        if now > request.expires_at + skew:
+            late = (now - request.expires_at).total_seconds()
+            raise Expired(
+                f"request expired {late:.0f}s ago (issued {request.issued_at.isoformat()}, "
+                f"ttl {request.ttl:g}s, this host's clock {now.isoformat(timespec='seconds')}, "
+                f"allowed clock skew {allowed:g}s)",
+                detail={
+                    "expires_at": request.expires_at.isoformat(),
+                    "agent_time": now.isoformat(),
+                },
+            )
+        if request.issued_at > now + skew:
+            ahead = (request.issued_at - now).total_seconds()
+            raise Expired(
+                f"request issued {ahead:.0f}s in the future by this host's clock "
+                f"({now.isoformat(timespec='seconds')}); allowed clock skew {allowed:g}s: "
+                "check the clocks",
+                detail={"issued_at": request.issued_at.isoformat(), "agent_time": now.isoformat()},
+            )
 
     async def send_progress(
         self,
@@ -597,4 +747,4 @@ class Agent:
             log.warning("could not send reply to %s: %s", reply_to, exc)
 
 
-__all__ = ["Agent", "AgentStartError", "AgentStopped"]
+__all__ = ["Agent", "AgentConfigError", "AgentStartError", "AgentStopped"]

@@ -7,6 +7,7 @@ import getpass
 import logging
 import socket
 import time
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -14,8 +15,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
+from controller.audit import AuditStream
 from controller.errors import NotConnected, RegistryUnavailable
-from controller.gather import ProgressCallback, ReplyCallback, gather_replies
+from controller.gather import ProgressCallback, ReplyCallback, encode_request, gather_replies
 from controller.registry import AgentRecord, Registry, is_online
 from controller.result import FleetResult
 from controller.targeting import Limit, Targets, resolve_targets
@@ -23,6 +25,7 @@ from controller.transport import connect
 from protocol import (
     VERBS,
     AgentFacts,
+    AuditRecord,
     DfArgs,
     DfResult,
     ErrorCode,
@@ -35,6 +38,7 @@ from protocol import (
     Reply,
     Request,
     Selector,
+    Signer,
     Subjects,
     Target,
     Verb,
@@ -64,6 +68,7 @@ class Fleet:
         offline_after: float | None = None,
         discovery_window: float = DISCOVERY_WINDOW,
         sender: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.options = options or NatsOptions(name="shoal")
         self.subjects = Subjects(prefix)
@@ -71,6 +76,7 @@ class Fleet:
         self.offline_after = offline_after
         self.discovery_window = discovery_window
         self.sender = sender or f"{getpass.getuser()}@{socket.gethostname()}"
+        self.signer = signer
         self._nc: NATS | None = None
         self._registry: Registry | None = None
         self._registry_checked = False
@@ -111,20 +117,36 @@ class Fleet:
         """The registry, created if missing; None when JetStream is unavailable."""
         if not self._registry_checked:
             self._registry_checked = True
-            registry = Registry(self.nc.jetstream(timeout=3.0), self.subjects)
+            js = self.nc.jetstream(timeout=3.0)
+            registry = Registry(js, self.subjects)
             try:
                 await registry.ensure()
+                await AuditStream(js, self.subjects).ensure()
                 self._registry = registry
             except RegistryUnavailable as exc:
                 log.info("no registry (%s); discovering agents by ping", exc.message)
         return self._registry
 
     async def init_registry(self, replicas: int = 1) -> bool:
-        """Create the registry stream (``shoal init``). True if it was created."""
-        registry = Registry(self.nc.jetstream(timeout=5.0), self.subjects, replicas=replicas)
+        """Create the registry and audit streams (``shoal init``). True if any was created."""
+        js = self.nc.jetstream(timeout=5.0)
+        registry = Registry(js, self.subjects, replicas=replicas)
         created = await registry.ensure()
+        created = await AuditStream(js, self.subjects, replicas=replicas).ensure() or created
         self._registry, self._registry_checked = registry, True
         return created
+
+    async def audit(
+        self,
+        selector: Selector | None = None,
+        since: datetime | None = None,
+        limit: int = 10_000,
+    ) -> list[AuditRecord]:
+        """Audit records from the audit stream (hosts chosen by the selector's globs)."""
+        await self.registry()
+        return await AuditStream(self.nc.jetstream(timeout=5.0), self.subjects).read(
+            selector or Selector(), since, limit
+        )
 
     async def agents(self) -> list[AgentRecord]:
         """Every known host, online or offline, sorted by host id."""
@@ -158,11 +180,13 @@ class Fleet:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1)
         try:
-            request = Request(
+            template = Request(
                 verb=Verb.PING, sender=self.sender, target=Target(selector=Selector())
-            )
+            ).model_dump(mode="json", exclude={"sig"})
             await self.nc.publish(
-                self.subjects.broadcast(Verb.PING), request.model_dump_json().encode(), reply=inbox
+                self.subjects.broadcast(Verb.PING),
+                encode_request(template, template["target"], self.signer),
+                reply=inbox,
             )
             await self.nc.flush()
             await asyncio.sleep(window)  # a discovery window, not synchronisation
@@ -211,6 +235,7 @@ class Fleet:
             sender=self.sender,
             on_progress=on_progress,
             on_reply=on_reply,
+            signer=self.signer,
         )
         result: FleetResult[Any] = FleetResult(
             verb=str(verb), request_id=gathered.request_id, targeted=targets.all

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import Field, TypeAdapter, ValidationError
 
-from protocol import Progress, Reply, Request, Subjects, Target, new_request_id
+from protocol import Progress, Reply, Request, Signer, Subjects, Target, new_request_id
 
 log = logging.getLogger("shoal.controller")
 
@@ -52,6 +52,7 @@ async def gather_replies(
     ttl: float | None = None,
     on_progress: ProgressCallback | None = None,
     on_reply: ReplyCallback | None = None,
+    signer: Signer | None = None,
 ) -> Gathered:
     """Send ``verb`` directly to each host and wait for one final reply per host.
 
@@ -110,11 +111,12 @@ async def gather_replies(
             sender=sender,
             target=Target(host="placeholder"),
             **({"ttl": ttl} if ttl is not None else {}),
-        )
+        ).model_dump(mode="json", exclude={"sig"})
         for host in sorted(expected):
-            request = template.model_copy(update={"target": Target(host=host)})
             await nc.publish(
-                subjects.host(host, verb), request.model_dump_json().encode(), reply=inbox
+                subjects.host(host, verb),
+                encode_request(template, {"host": host}, signer),
+                reply=inbox,
             )
         await nc.flush(timeout=max(1, int(timeout)))
         while waiting:
@@ -131,6 +133,16 @@ async def gather_replies(
     result.missing = sorted(waiting)
     result.duration = time.monotonic() - started
     return result
+
+
+def encode_request(
+    template: dict[str, Any], target: dict[str, Any], signer: Signer | None
+) -> bytes:
+    """The wire bytes of a request for one target, signed when a signer is given."""
+    document = {**template, "target": target}
+    if signer is not None:
+        document = signer.sign_document(document)
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _host_of(data: bytes) -> str:

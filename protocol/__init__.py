@@ -39,6 +39,7 @@ from protocol.hostid import sanitize_host_id, validate_host_id
 from protocol.platform import normalize_arch
 from protocol.schema import protocol_schema
 from protocol.selectors import Requirement, Selector, parse_label_selector, validate_host_glob
+from protocol.signing import Forbidden, InvalidKey, Signature, Signer, Unauthorized
 from protocol.subjects import DEFAULT_PREFIX, Subjects
 from protocol.verbs import (
     KEEP_LABEL,
@@ -49,6 +50,7 @@ from protocol.verbs import (
     VERBS,
     AgentEvent,
     AgentFacts,
+    AuditRecord,
     ContainerSummary,
     DfArgs,
     DfResult,
@@ -68,8 +70,11 @@ from protocol.verbs import (
     PsArgs,
     PsResult,
     Role,
+    StatusArgs,
+    StatusResult,
     Verb,
     VerbSpec,
+    required_role,
 )
 
 __all__ = [
@@ -85,6 +90,7 @@ __all__ = [
     "VERBS",
     "AgentEvent",
     "AgentFacts",
+    "AuditRecord",
     "BadRequest",
     "Busy",
     "Conflict",
@@ -100,7 +106,9 @@ __all__ = [
     "ErrorInfo",
     "EventKind",
     "Expired",
+    "Forbidden",
     "InvalidHostId",
+    "InvalidKey",
     "InvalidSelector",
     "LabelFilter",
     "NatsOptions",
@@ -126,8 +134,13 @@ __all__ = [
     "Selector",
     "ShoalError",
     "ShuttingDown",
+    "Signature",
+    "Signer",
+    "StatusArgs",
+    "StatusResult",
     "Subjects",
     "Target",
+    "Unauthorized",
     "UnknownVerb",
     "UnsupportedVersion",
     "Verb",
@@ -139,6 +152,7 @@ __all__ = [
     "parse_label_selector",
     "protocol_schema",
     "request_head",
+    "required_role",
     "sanitize_host_id",
     "utcnow",
     "validate_host_glob",

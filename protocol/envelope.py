@@ -20,6 +20,7 @@ from pydantic import (
 from protocol.errors import BadRequest, ErrorCode, PayloadTooLarge, ShoalError, UnsupportedVersion
 from protocol.hostid import HOST_ID_PATTERN
 from protocol.selectors import Selector
+from protocol.signing import Signature
 
 PROTOCOL_VERSION = 1
 """Version of the envelope. Agents refuse requests with a newer major version."""
@@ -101,7 +102,7 @@ class Request(_Message):
     issued_at: AwareDatetime = Field(default_factory=utcnow)
     ttl: float = Field(default=DEFAULT_TTL, gt=0, le=MAX_TTL, description="Seconds.")
     target: Target
-    sig: str | None = Field(default=None, max_length=1024)
+    sig: Signature | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -188,6 +189,13 @@ def request_head(data: bytes) -> tuple[int | None, str | None]:
 
 def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Request:
     """Parse and validate a raw request, raising a typed :class:`ShoalError`."""
+    return decode_request_document(data, max_bytes=max_bytes)[0]
+
+
+def decode_request_document(
+    data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES
+) -> tuple[Request, dict[str, Any]]:
+    """The validated request and the JSON object it came from (what a signature covers)."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(
             f"request of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
@@ -200,7 +208,13 @@ def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Reques
             detail={"supported": [PROTOCOL_VERSION]},
         )
     try:
-        request = Request.model_validate_json(data)
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed request: not JSON ({type(exc).__name__})") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("malformed request: not a JSON object")
+    try:
+        request = Request.model_validate(document)
     except ValidationError as exc:
         raise BadRequest(
             "malformed request: " + summarize_validation_error(exc),
@@ -209,7 +223,7 @@ def decode_request(data: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> Reques
     absent = WIRE_REQUIRED - request.model_fields_set
     if absent:
         raise BadRequest(f"malformed request: missing {', '.join(sorted(absent))}")
-    return request
+    return request, document
 
 
 def json_safe_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -58,6 +58,10 @@ class Subjects:
     def audit(self, host_id: str) -> str:
         return f"{self.prefix}.audit.{validate_host_id(host_id)}"
 
+    def agent_inbox_prefix(self, host_id: str) -> str:
+        """An agent's own inbox prefix, so its NATS permissions need no ``_INBOX.>``."""
+        return f"_SHOAL_AGENT.{self.prefix}.{validate_host_id(host_id)}"
+
     def verb_of(self, subject: str) -> str:
         """The verb token of a request subject (its last token)."""
         return subject.rsplit(".", 1)[-1]

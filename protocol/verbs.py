@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -20,12 +20,25 @@ class Verb(StrEnum):
     PS = "ps"
     DF = "df"
     PRUNE = "prune"
+    STATUS = "status"
 
 
 class Role(StrEnum):
+    """What a trusted key may do; each role includes the ones before it."""
+
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 class _Args(BaseModel):
@@ -66,6 +79,9 @@ class AgentFacts(_Result):
     started_at: AwareDatetime
     sent_at: AwareDatetime
     heartbeat_interval: float = Field(gt=0, description="Seconds between heartbeats.")
+    insecure: bool = Field(
+        default=False, description="True if the agent accepts unsigned requests (no trust file)."
+    )
 
     def selectable(self) -> dict[str, str]:
         """Labels plus the facts selectable like labels."""
@@ -297,6 +313,50 @@ class PruneResult(_Result):
         return sum(len(k.removed) for k in self.kinds.values())
 
 
+# --- status -------------------------------------------------------------------
+
+
+class StatusArgs(_Args):
+    request_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+
+
+class StatusResult(_Result):
+    """What this host knows of an earlier request id."""
+
+    request_id: str
+    state: Literal["unknown", "running", "finished", "interrupted"]
+    verb: str | None = None
+    ok: bool | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+
+
+# --- audit ----------------------------------------------------------------------
+
+
+class AuditRecord(_Result):
+    """One decision on one request, published on ``<prefix>.audit.<host>``."""
+
+    at: AwareDatetime
+    host: HostId
+    request_id: str
+    verb: str
+    sender: str = ""
+    signer: str | None = Field(default=None, description="Name of the trusted key, if any.")
+    key: str | None = Field(default=None, description="Public key that signed, if any.")
+    role: str | None = None
+    decision: Literal["accepted", "refused"]
+    code: str | None = Field(default=None, description="Error code of a refusal or failure.")
+    reason: str = ""
+    outcome: Literal["ok", "error"] | None = None
+    duration: float | None = None
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments, with possible secrets redacted."
+    )
+
+
 # --- the verb table -----------------------------------------------------------
 
 
@@ -317,7 +377,17 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.PRUNE: VerbSpec(
         Verb.PRUNE, PruneArgs, PruneResult, Role.OPERATOR, True, "Remove unused objects."
     ),
+    Verb.STATUS: VerbSpec(
+        Verb.STATUS, StatusArgs, StatusResult, Role.VIEWER, False, "Outcome of a request id."
+    ),
 }
+
+
+def required_role(verb: Verb, args: BaseModel) -> Role:
+    """The least role allowed to send ``verb`` with these arguments."""
+    if isinstance(args, PruneArgs) and PruneKind.VOLUMES in args.kinds:
+        return Role.ADMIN
+    return VERBS[verb].role
 
 
 # --- events -------------------------------------------------------------------

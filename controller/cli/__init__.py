@@ -11,6 +11,8 @@ import typer
 
 from controller import __version__
 from controller.cli import agents as agents_cmd
+from controller.cli import keys as keys_cmd
+from controller.cli import security as security_cmd
 from controller.cli.common import (
     GlobalOptions,
     JsonOpt,
@@ -76,6 +78,15 @@ def main_callback(
             "\\[default: 3 heartbeat intervals].",
         ),
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            envvar="SHOAL_KEY",
+            help="Signing key file (an nkeys user seed). \\[default: the default key of "
+            "'shoal keys']",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -101,6 +112,7 @@ def main_callback(
         tlskey=tlskey,
         prefix=prefix,
         offline_after=offline_after,
+        key=key,
     )
 
 
@@ -109,6 +121,9 @@ app.add_typer(agents_cmd.app, name="agents", rich_help_panel="Fleet")
 app.command(rich_help_panel="Disk")(df)
 app.command(rich_help_panel="Disk")(prune)
 app.command(rich_help_panel="Set-up")(up)
+app.add_typer(keys_cmd.app, name="keys", rich_help_panel="Security")
+app.command(rich_help_panel="Security")(security_cmd.enroll)
+app.command(rich_help_panel="Security")(security_cmd.audit)
 
 
 @app.command(rich_help_panel="Set-up")

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -20,6 +20,7 @@ from rich.text import Text
 
 from controller.errors import ConnectError, FleetError, InvalidLimit, RegistryUnavailable
 from controller.fleet import DEFAULT_TIMEOUT, Fleet
+from controller.keys import SigningKeyError, resolve_signer
 from controller.result import ExitCode, FleetResult
 from controller.targeting import Limit
 from protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
@@ -56,7 +57,7 @@ class GlobalOptions:
     tlskey: Path | None = None
     prefix: str = "shoal"
     offline_after: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    key: Path | None = None
 
 
 def global_options(ctx: typer.Context) -> GlobalOptions:
@@ -151,7 +152,17 @@ def make_fleet(ctx: typer.Context, server: str | None, timeout: float = DEFAULT_
     except ValidationError as exc:
         usage_error(summarize_validation_error(exc))
     try:
-        return Fleet(options, prefix=g.prefix, timeout=timeout, offline_after=g.offline_after)
+        signer = resolve_signer(g.key)
+    except SigningKeyError as exc:
+        usage_error(exc.message)
+    try:
+        return Fleet(
+            options,
+            prefix=g.prefix,
+            timeout=timeout,
+            offline_after=g.offline_after,
+            signer=signer,
+        )
     except ValueError as exc:
         usage_error(str(exc))
 

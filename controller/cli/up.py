@@ -14,10 +14,12 @@ from agent import __version__ as agent_version
 from agent.cli import install_event_loop_policy
 from agent.config import AgentSettings
 from agent.runtime import Agent, AgentStartError
+from agent.trust import TrustEntry, render_trust
 from controller.cli.common import err, global_options, run, usage_error
 from controller.embedded import EmbeddedNats, state_dir
 from controller.fleet import Fleet
-from protocol import NatsOptions
+from controller.keys import KeyStore
+from protocol import NatsOptions, Role
 
 
 async def run_up(
@@ -33,6 +35,15 @@ async def run_up(
         err.print(f"[green]NATS[/green] with JetStream on {server.url} (store {store})")
         agent: Agent | None = None
         if settings is not None:
+            signer = KeyStore().ensure_default()
+            trust = store / "trust.toml"
+            trust.write_text(
+                render_trust([TrustEntry(name=signer.name, key=signer.public_key, role=Role.ADMIN)])
+            )
+            settings = settings.model_copy(
+                update={"trust": trust, "state_dir": settings.state_dir or store / "agent"}
+            )
+            err.print(f"[green]key[/green] {signer.name} ({signer.public_key}) trusted as admin")
             agent = Agent(
                 settings.model_copy(update={"servers": (server.url,)}), version=agent_version
             )

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import nats
 import nats.errors
 
-from protocol import Request, Subjects, Target, Verb
+from agent.trust import TrustEntry, render_trust
+from protocol import Request, Role, Signer, Subjects, Target, Verb
 
 READY_DEADLINE = 15.0
 STOP_DEADLINE = 10.0
@@ -66,6 +68,7 @@ class AgentProcess:
         labels: dict[str, str] | None = None,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        trust: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.server = server
@@ -74,6 +77,7 @@ class AgentProcess:
         self.labels = labels or {}
         self.extra = extra or []
         self.env = env or {}
+        self.trust = trust
         self.log_path = workdir / f"agent-{host_id}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,6 +97,8 @@ class AgentProcess:
         ]
         for key, value in self.labels.items():
             argv += ["--label", f"{key}={value}"]
+        argv += ["--trust", str(self.trust)] if self.trust is not None else ["--insecure"]
+        argv += ["--state-dir", str(self.workdir / "state")]
         return argv + self.extra
 
     def start(self, *, wait: bool = True) -> None:
@@ -154,6 +160,42 @@ class AgentProcess:
         return process.returncode
 
 
+@dataclass(frozen=True)
+class TestKey:
+    """A controller signing key made for the test session."""
+
+    name: str
+    signer: Signer
+    path: Path
+
+
+def make_key(directory: Path, name: str) -> TestKey:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    signer = Signer.generate(name)
+    path = directory / f"{name}.nk"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(signer.seed)
+    return TestKey(name, signer, path)
+
+
+def write_trust(path: Path, keys: list[tuple[TestKey, Role]]) -> Path:
+    path.write_text(
+        render_trust([TrustEntry(name=k.name, key=k.signer.public_key, role=r) for k, r in keys])
+    )
+    return path
+
+
+def poll(what: str, check: Callable[[], bool], deadline: float = 20.0) -> None:
+    """Poll ``check`` until true, failing loudly at the deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+
+
 @dataclass
 class CliResult:
     code: int
@@ -164,14 +206,17 @@ class CliResult:
         return json.loads(self.stdout)
 
 
-def run_shoal(*args: str, server: str, timeout: float = 60.0, **env: str) -> CliResult:
-    """Run the real ``shoal`` console script."""
+def run_shoal(
+    *args: str, server: str, timeout: float = 60.0, unset: tuple[str, ...] = (), **env: str
+) -> CliResult:
+    """Run the real ``shoal`` console script (``unset`` removes environment variables)."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
     completed = subprocess.run(
         [*_script("shoal"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "NATS_URL": server, **env},
+        env={**environment, "NATS_URL": server, **env},
         stdin=subprocess.DEVNULL,
         check=False,
     )

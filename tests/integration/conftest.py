@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from controller import Fleet
-from protocol import NatsOptions
-from tests.integration.agents import AgentProcess
+from protocol import NatsOptions, Role
+from tests.integration.agents import AgentProcess, TestKey, make_key, write_trust
 from tests.stack import DockerEngine, NatsServer
 
 KEEP_ENV = {
@@ -26,9 +28,55 @@ LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class Keys:
+    admin: TestKey
+    operator: TestKey
+    viewer: TestKey
+    stranger: TestKey
+    """Not in any trust file."""
+    trust: Path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def keys(stack_dir: Path) -> Iterator[Keys]:
+    """Signing keys and the session's trust file.
+
+    The CLI signs with the admin key (SHOAL_KEY), and its config and state
+    directories point into the session's temp dir, never the real home.
+    """
+    directory = stack_dir / "keys"
+    made = Keys(
+        admin=make_key(directory, "admin"),
+        operator=make_key(directory, "operator"),
+        viewer=make_key(directory, "viewer"),
+        stranger=make_key(directory, "stranger"),
+        trust=stack_dir / "trust.toml",
+    )
+    write_trust(
+        made.trust,
+        [(made.admin, Role.ADMIN), (made.operator, Role.OPERATOR), (made.viewer, Role.VIEWER)],
+    )
+    env = {
+        "SHOAL_KEY": str(made.admin.path),
+        "XDG_CONFIG_HOME": str(stack_dir / "config"),
+        "XDG_STATE_HOME": str(stack_dir / "state"),
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield made
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def agents(
-    nats_server: NatsServer, engines: list[DockerEngine], stack_dir: Path
+    nats_server: NatsServer, engines: list[DockerEngine], stack_dir: Path, keys: Keys
 ) -> Iterator[dict[str, AgentProcess]]:
     """One running agent per engine, keyed by host id; stopped by pid at the end."""
     asyncio.run(_init_registry(nats_server.url))
@@ -42,6 +90,7 @@ def agents(
                 docker_host=engine.host,
                 labels=LABELS[engine.name],
                 env=KEEP_ENV,
+                trust=keys.trust,
             )
             agent.start(wait=False)
             started[engine.name] = agent

@@ -79,6 +79,8 @@ async def running_agent(
         "heartbeat_interval": HEARTBEAT,
         "docker_timeout": 5.0,
         "shutdown_grace": 2.0,
+        "insecure": True,
+        "state_dir": server.workdir / "in-process-agents",
         **overrides,
     }
     agent = Agent(AgentSettings(**options), engine=engine or FakeEngine(CONTAINERS))
@@ -578,7 +580,13 @@ async def test_stop_twice_and_say_leaving(nats_server: NatsServer, nc: NATS, hos
     await nc.flush(timeout=TIMEOUT)
     engine = FakeEngine()
     agent = Agent(
-        AgentSettings(servers=(nats_server.url,), host_id=host_id, heartbeat_interval=HEARTBEAT),
+        AgentSettings(
+            servers=(nats_server.url,),
+            host_id=host_id,
+            heartbeat_interval=HEARTBEAT,
+            insecure=True,
+            state_dir=nats_server.workdir / "in-process-agents",
+        ),
         engine=engine,
     )
     try:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.agents import AgentProcess, run_shoal
-from tests.integration.test_ps_cli import poll
+from tests.integration.agents import AgentProcess, poll, run_shoal
 from tests.stack import NatsServer, free_port
 
 pytestmark = pytest.mark.nats

@@ -12,8 +12,7 @@ import docker
 import docker.types
 import pytest
 
-from tests.integration.agents import AgentProcess, CliResult, run_shoal
-from tests.integration.test_ps_cli import poll
+from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer
 
 pytestmark = pytest.mark.engine

@@ -6,27 +6,17 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.agents import AgentProcess, CliResult, run_shoal
+from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, free_port
 
 pytestmark = pytest.mark.engine
 
 HOSTS = ["host-a", "host-b", "host-c"]
-
-
-def poll(what: str, check: Callable[[], bool], deadline: float = 20.0) -> None:
-    """Poll ``check`` until true, failing loudly at the deadline."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {deadline}s waiting for {what}")
 
 
 def shoal(nats_server: NatsServer, *args: str) -> CliResult:
@@ -361,12 +351,15 @@ def test_shoal_up_runs_nats_and_a_local_agent(
         start_new_session=True,
     )
     try:
+        # No --key: the CLI signs with the default key that shoal up created and trusts.
         poll(
             "shoal up to serve ps",
-            lambda: run_shoal("ps", "--json", server=server).code == 0,
+            lambda: run_shoal("ps", "--json", server=server, unset=("SHOAL_KEY",)).code == 0,
         )
-        doc = run_shoal("ps", "--json", server=server).json()
+        doc = run_shoal("ps", "--json", server=server, unset=("SHOAL_KEY",)).json()
         assert doc["targeted"] == ["up-host"]
+        refused = run_shoal("ps", "--json", server=server)  # the session's admin key
+        assert refused.json()["errors"]["up-host"]["code"] == "unauthorized"
         agents_doc = run_shoal("agents", "--json", server=server).json()
         assert [a["host_id"] for a in agents_doc["agents"]] == ["up-host"]
     finally:

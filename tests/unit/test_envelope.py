@@ -31,6 +31,7 @@ from protocol import (
     new_request_id,
     request_head,
 )
+from protocol.signing import Signature
 
 FAST = settings(
     max_examples=100,
@@ -116,7 +117,7 @@ def test_request_round_trip(target: Target) -> None:
         issued_at=T0,
         ttl=12.5,
         target=target,
-        sig="c2ln",
+        sig=Signature(key="UAKEY", value="c2ln"),
     )
     data = r.model_dump_json().encode()
     assert decode_request(data) == r

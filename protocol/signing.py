@@ -1,0 +1,144 @@
+"""Request signatures: ed25519 over a canonical JSON form of the request.
+
+The signed bytes are the request's JSON object without its ``sig`` member,
+serialised with keys sorted at every level, no insignificant whitespace,
+UTF-8 without escaping non-ASCII, and numbers as they were sent. Both sides
+compute them from the JSON object itself (not from a re-serialised model), so
+a client in another language signs exactly what the agent verifies.
+
+Keys are NATS nkeys: a user seed (``SU…``) signs, its public key (``U…``) is
+what agents trust.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+import nkeys
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import ErrorCode, ShoalError
+
+SIGNATURE_ALGORITHM = "ed25519-nkey"
+_PUBLIC_USER_PREFIX = "U"
+
+
+class Unauthorized(ShoalError):
+    """The request is unsigned, or its signature is invalid or unknown."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(ShoalError):
+    """The signer's role does not allow this request."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class InvalidKey(ShoalError, ValueError):
+    """A key or seed is malformed."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class Signature(BaseModel):
+    """Who signed a request, and the signature over its canonical bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alg: str = Field(default=SIGNATURE_ALGORITHM, max_length=32)
+    key: str = Field(max_length=64, description="The signer's public nkey (U…).")
+    value: str = Field(max_length=128, description="The ed25519 signature, base64url.")
+
+
+def canonical_bytes(document: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the request object without ``sig``, canonical JSON."""
+    unsigned = {k: v for k, v in document.items() if k != "sig"}
+    return json.dumps(
+        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def decode_public_key(public_key: str) -> bytes:
+    """The raw 32-byte ed25519 key of a public user nkey, checksum verified."""
+    if not isinstance(public_key, str) or not public_key.startswith(_PUBLIC_USER_PREFIX):
+        raise InvalidKey(f"not a public user key (U…): {str(public_key)[:20]!r}")
+    try:
+        raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidKey(f"malformed public key {public_key[:20]!r}") from exc
+    if len(raw) != 35 or raw[0] != nkeys.PREFIX_BYTE_USER:
+        raise InvalidKey(f"malformed public key {public_key[:20]!r}")
+    body, checksum = raw[:-2], int.from_bytes(raw[-2:], "little")
+    if nkeys.crc16(bytearray(body)) != checksum:
+        raise InvalidKey(f"public key {public_key[:20]!r} fails its checksum")
+    return bytes(body[1:])
+
+
+def validate_public_key(public_key: str) -> str:
+    decode_public_key(public_key)
+    return public_key
+
+
+class Signer:
+    """Signs requests with a user seed."""
+
+    def __init__(self, seed: bytes | str, *, name: str = "") -> None:
+        seed_bytes = seed.encode() if isinstance(seed, str) else bytes(seed)
+        seed_bytes = seed_bytes.strip()
+        try:
+            self._pair = nkeys.from_seed(bytearray(seed_bytes))
+            public = self._pair.public_key.decode()
+        except Exception as exc:  # nkeys raises assorted errors for bad seeds
+            raise InvalidKey("malformed signing key seed") from exc
+        if not public.startswith(_PUBLIC_USER_PREFIX):
+            raise InvalidKey("the seed is not a user seed (SU…)")
+        self.public_key = public
+        self.name = name
+
+    @classmethod
+    def generate(cls, name: str = "") -> Signer:
+        seed = nkeys.encode_seed(
+            nacl.signing.SigningKey.generate().encode(), nkeys.PREFIX_BYTE_USER
+        )
+        return cls(seed, name=name)
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._pair.seed)
+
+    def sign_document(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Return ``document`` with a ``sig`` over its canonical bytes."""
+        raw = self._pair.sign(canonical_bytes(document))
+        value = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        signed = dict(document)
+        signed["sig"] = Signature(key=self.public_key, value=value).model_dump()
+        return signed
+
+
+def verify_document(document: dict[str, Any]) -> str:
+    """Check the ``sig`` of a raw request object; return the signer's public key.
+
+    Raises :class:`Unauthorized` if there is no valid signature.
+    """
+    sig = document.get("sig")
+    if sig is None:
+        raise Unauthorized("the request is not signed; this agent only accepts signed requests")
+    try:
+        signature = Signature.model_validate(sig)
+    except ValueError as exc:
+        raise Unauthorized("malformed signature") from exc
+    if signature.alg != SIGNATURE_ALGORITHM:
+        raise Unauthorized(f"unsupported signature algorithm {signature.alg!r}")
+    try:
+        raw_key = decode_public_key(signature.key)
+        raw_sig = base64.urlsafe_b64decode(signature.value + "=" * (-len(signature.value) % 4))
+        nacl.signing.VerifyKey(raw_key).verify(canonical_bytes(document), raw_sig)
+    except (InvalidKey, binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
+        raise Unauthorized("the signature does not verify") from exc
+    return signature.key
