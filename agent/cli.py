@@ -200,12 +200,12 @@ def main_command(
         asyncio.run(run_agent(Agent(settings, version=__version__)))
     except AgentStopped as exc:
         log.info("%s", exc)
-    except AgentStartError as exc:
-        log.error("%s", exc)
-        raise typer.Exit(1) from None
     except AgentConfigError as exc:
         log.error("%s", exc)
         raise typer.Exit(2) from None
+    except AgentStartError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

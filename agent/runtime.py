@@ -93,6 +93,15 @@ class AgentStopped(AgentStartError):
     """The agent was asked to stop before it had started."""
 
 
+@dataclass(slots=True)
+class Caller:
+    """Who sent a request, as far as it is known (filled in while admitting it)."""
+
+    signer: TrustEntry | None = None
+    key: str | None = None
+    request: Request | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A request that passed every check, with who sent it."""
@@ -516,9 +525,10 @@ class Agent:
         started_at = utcnow()
         t0 = time.monotonic()
         admission: Admission | None = None
+        caller = Caller()
         try:
             try:
-                admission = self._admit(msg)
+                admission = self._admit(msg, caller)
                 if admission is None:
                     return  # a broadcast for other hosts
                 async with self._slots:
@@ -538,7 +548,7 @@ class Agent:
                 log.exception("internal error serving a request on %s", msg.subject)
                 failure = ShoalError("internal agent error; see the agent's log")
                 reply = self._failure(msg, admission, failure, started_at, t0)
-            await self._conclude(msg, admission, reply)
+            await self._conclude(msg, admission, caller, reply)
             await self._send(msg.reply, reply)
         finally:
             self._pending -= 1
@@ -561,7 +571,9 @@ class Agent:
             request_id, self.host_id, exc, started_at=started_at, duration=time.monotonic() - t0
         )
 
-    async def _conclude(self, msg: Msg, admission: Admission | None, reply: Reply) -> None:
+    async def _conclude(
+        self, msg: Msg, admission: Admission | None, caller: Caller, reply: Reply
+    ) -> None:
         """Journal the outcome and write the audit record of this decision."""
         error = reply.error
         code = str(error.code) if error is not None else None
@@ -573,8 +585,7 @@ class Agent:
                 code=code,
                 message=error.message if error is not None else None,
             )
-        request = admission.request if admission is not None else None
-        signer = admission.signer if admission is not None else None
+        request, signer = caller.request, caller.signer
         record = AuditRecord(
             at=utcnow(),
             host=self.host_id,
@@ -582,7 +593,7 @@ class Agent:
             verb=request.verb if request is not None else self.subjects.verb_of(msg.subject)[:32],
             sender=request.sender if request is not None else "",
             signer=signer.name if signer is not None else None,
-            key=admission.key if admission is not None else None,
+            key=caller.key,
             role=str(signer.role) if signer is not None else None,
             decision="accepted" if admission is not None else "refused",
             code=code,
@@ -600,13 +611,14 @@ class Agent:
             except (nats.errors.Error, OSError) as exc:
                 log.warning("could not publish an audit record: %s", exc)
 
-    def _admit(self, msg: Msg) -> Admission | None:
+    def _admit(self, msg: Msg, caller: Caller) -> Admission | None:
         """Decide whether to run a request. Every check here refuses with a typed error.
 
         Order: shape, subject and target, signature and trust, time window,
         verb and arguments, role, then the journal (at most once per host).
         """
         request, document = decode_request_document(msg.data)
+        caller.request = request
         verb_token = self.subjects.verb_of(msg.subject)
         if request.verb != verb_token:
             raise BadRequest(
@@ -621,7 +633,7 @@ class Agent:
             raise BadRequest(
                 f"request for host {request.target.host!r} arrived at {self.host_id!r}"
             )
-        signer, key = self._authenticate(document)
+        signer, key = self._authenticate(document, caller)
         self._check_window(request)
         try:
             verb = Verb(request.verb)
@@ -662,12 +674,16 @@ class Agent:
         )
         return Admission(request, verb, args, signer, key)
 
-    def _authenticate(self, document: dict[str, Any]) -> tuple[TrustEntry | None, str | None]:
+    def _authenticate(
+        self, document: dict[str, Any], caller: Caller
+    ) -> tuple[TrustEntry | None, str | None]:
         """The trusted signer of a request; (None, None) on an insecure agent."""
         if self.trust is None:
             return None, None
         key = verify_document(document)
+        caller.key = key
         entry = self.trust.lookup(key)
+        caller.signer = entry
         if entry is None:
             raise Unauthorized(
                 f"key {key} is not trusted by host {self.host_id}",

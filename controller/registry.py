@@ -54,6 +54,11 @@ class AgentRecord:
     def state(self) -> str:
         return "online" if self.online else "offline"
 
+    @property
+    def clock_skew(self) -> float:
+        """Seconds the agent's clock is ahead of the server's (negative: behind)."""
+        return (self.facts.sent_at - self.last_seen).total_seconds()
+
 
 def is_online(facts: AgentFacts, last_seen: datetime, offline_after: float | None) -> bool:
     """Online unless the agent said it is leaving or missed three heartbeats."""

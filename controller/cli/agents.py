@@ -26,6 +26,9 @@ from controller.registry import AgentRecord
 from controller.result import ExitCode
 from protocol import InvalidHostId, validate_host_id
 
+CLOCK_WARN = 2.0
+"""Seconds of clock difference from the NATS server beyond which CLOCK is shown."""
+
 app = typer.Typer(
     help="The fleet inventory: every known host, online or offline.",
     invoke_without_command=True,
@@ -39,13 +42,24 @@ def record_json(record: AgentRecord) -> dict[str, Any]:
         "state": record.state,
         "online": record.online,
         "last_seen": record.last_seen.isoformat(),
+        "clock_skew": round(record.clock_skew, 3),
         "facts": record.facts.model_dump(mode="json"),
     }
 
 
 def render_agents(records: list[AgentRecord]) -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "STATE", "LAST SEEN", "ARCH", "OS", "DOCKER", "LABELS", "AGENT"):
+    for column in (
+        "HOST",
+        "STATE",
+        "LAST SEEN",
+        "CLOCK",
+        "ARCH",
+        "OS",
+        "DOCKER",
+        "LABELS",
+        "AGENT",
+    ):
         table.add_column(column, no_wrap=True)
     for r in records:
         f = r.facts
@@ -57,9 +71,12 @@ def render_agents(records: list[AgentRecord]) -> None:
         )
         arch = f"{f.arch}/{f.variant}" if f.variant else f.arch
         labels = ",".join(f"{k}={v}" for k, v in sorted(f.labels.items()))
-        table.add_row(
-            r.host_id, state, ago(r.last_seen), arch, f.os, docker, labels, f.agent_version
-        )
+        skew = r.clock_skew
+        clock = Text("ok") if abs(skew) < CLOCK_WARN else Text(f"{skew:+.0f}s", style="yellow")
+        agent = Text(f.agent_version)
+        if f.insecure:
+            agent.append(" INSECURE", style="bold red")
+        table.add_row(r.host_id, state, ago(r.last_seen), clock, arch, f.os, docker, labels, agent)
     out.print(table)
 
 

@@ -161,7 +161,7 @@ class AgentProcess:
 
 
 @dataclass(frozen=True)
-class TestKey:
+class SessionKey:
     """A controller signing key made for the test session."""
 
     name: str
@@ -169,17 +169,17 @@ class TestKey:
     path: Path
 
 
-def make_key(directory: Path, name: str) -> TestKey:
+def make_key(directory: Path, name: str) -> SessionKey:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     signer = Signer.generate(name)
     path = directory / f"{name}.nk"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(signer.seed)
-    return TestKey(name, signer, path)
+    return SessionKey(name, signer, path)
 
 
-def write_trust(path: Path, keys: list[tuple[TestKey, Role]]) -> Path:
+def write_trust(path: Path, keys: list[tuple[SessionKey, Role]]) -> Path:
     path.write_text(
         render_trust([TrustEntry(name=k.name, key=k.signer.public_key, role=r) for k, r in keys])
     )

@@ -12,7 +12,7 @@ import pytest
 
 from controller import Fleet
 from protocol import NatsOptions, Role
-from tests.integration.agents import AgentProcess, TestKey, make_key, write_trust
+from tests.integration.agents import AgentProcess, SessionKey, make_key, write_trust
 from tests.stack import DockerEngine, NatsServer
 
 KEEP_ENV = {
@@ -30,10 +30,10 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Keys:
-    admin: TestKey
-    operator: TestKey
-    viewer: TestKey
-    stranger: TestKey
+    admin: SessionKey
+    operator: SessionKey
+    viewer: SessionKey
+    stranger: SessionKey
     """Not in any trust file."""
     trust: Path
 
