@@ -11,6 +11,7 @@ import asyncio
 import logging
 import platform
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -66,7 +67,7 @@ from protocol import (
     sanitize_host_id,
     utcnow,
 )
-from protocol.connection import is_auth_error
+from protocol.connection import describe_tls_error, is_auth_error
 from protocol.envelope import (
     UNKNOWN_REQUEST_ID,
     decode_request_document,
@@ -144,7 +145,8 @@ class Agent:
         self._accepting = False
         self._closed = False
         self._stop_requested = asyncio.Event()
-        self._auth_refused = asyncio.Event()
+        self._connect_refused = asyncio.Event()
+        self._fatal_connect_error = ""
         self._connect_failures = 0
         self._engine_info: EngineInfo | None = None
         self._docker = DockerFacts(reachable=False, error="not probed yet")
@@ -281,7 +283,7 @@ class Agent:
     async def _connect(self) -> NATS:
         """Connect, retrying forever, until connected, refused, or asked to stop."""
         options = self.settings.nats_options(self.host_id)
-        self._auth_refused.clear()
+        self._connect_refused.clear()
         connecting = asyncio.create_task(
             nats.connect(
                 **options.connect_kwargs(),
@@ -299,7 +301,7 @@ class Agent:
             name="nats-connect",
         )
         stopping = asyncio.create_task(self._stop_requested.wait())
-        refused = asyncio.create_task(self._auth_refused.wait())
+        refused = asyncio.create_task(self._connect_refused.wait())
         await asyncio.wait({connecting, stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
         for task in (stopping, refused):
             task.cancel()
@@ -308,16 +310,21 @@ class Agent:
             return connecting.result()
         connecting.cancel()
         await asyncio.gather(connecting, stopping, refused, return_exceptions=True)
-        if self._auth_refused.is_set():
+        if self._connect_refused.is_set():
             raise AgentStartError(
-                f"NATS at {', '.join(options.servers)} refused this agent's credentials"
+                f"NATS at {', '.join(options.servers)} {self._fatal_connect_error}"
             )
         raise AgentStopped("stopped before NATS was reachable")
 
     async def _on_nats_error(self, exc: Exception) -> None:
         connected = self._nc is not None and self._nc.is_connected
-        if is_auth_error(exc) and self._nc is None:
-            self._auth_refused.set()
+        if self._nc is None and (is_auth_error(exc) or isinstance(exc, ssl.SSLError)):
+            # Permanent until the configuration changes: stop instead of retrying forever.
+            if isinstance(exc, ssl.SSLError):
+                self._fatal_connect_error = f"failed TLS: {describe_tls_error(exc)} (check --tlsca)"
+            else:
+                self._fatal_connect_error = "refused this agent's credentials"
+            self._connect_refused.set()
             return
         self._connect_failures += 1
         if connected or self._connect_failures in (1, 10) or self._connect_failures % 60 == 0:

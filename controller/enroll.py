@@ -80,3 +80,16 @@ def enroll_host(subjects: Subjects, host_id: str, keys: list[tuple[str, str, Rol
         public, agent_permissions(subjects, host_id), f"shoal agent for host {host_id}"
     )
     return Enrollment(host_id, trust, public, seed, entry, subjects.agent_inbox_prefix(host_id))
+
+
+def controller_user(subjects: Subjects, name: str) -> tuple[str, bytes, str]:
+    """A NATS nkey user for a controller: (public key, seed, users.conf entry)."""
+    public, seed = new_nkey_user()
+    entry = nats_user_entry(public, controller_permissions(subjects), f"shoal controller {name}")
+    return public, seed, entry
+
+
+def render_users_conf(entries: list[str]) -> str:
+    """A users.conf for compose/nats/auth.conf from user entries."""
+    body = ",\n".join(entries)
+    return f"authorization {{\n  users = [\n{body}\n  ]\n}}\n"

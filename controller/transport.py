@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from controller.errors import ConnectError, RegistryUnavailable
 from protocol import NatsOptions
-from protocol.connection import is_auth_error
+from protocol.connection import describe_tls_error, is_auth_error
 
 log = logging.getLogger("shoal.controller")
 
@@ -27,18 +29,27 @@ async def connect(options: NatsOptions, *, connect_timeout: float = 3.0) -> NATS
         log.debug("NATS error: %s", exc)
 
     servers = ", ".join(options.servers)
+    attempts = 3
     try:
-        return await nats.connect(
-            **options.connect_kwargs(),
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=2,
-            reconnect_time_wait=0.3,
-            error_cb=remember_error,
-            pending_size=64 * 1024 * 1024,
-        )
+        # nats-py can hang after a failed TLS handshake: bound the whole attempt.
+        async with asyncio.timeout((connect_timeout + 1) * attempts * len(options.servers)):
+            return await nats.connect(
+                **options.connect_kwargs(),
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=attempts - 1,
+                reconnect_time_wait=0.3,
+                error_cb=remember_error,
+                pending_size=64 * 1024 * 1024,
+            )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         causes = [*errors, exc]
+        tls_failure = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
+        if tls_failure is not None:
+            raise ConnectError(
+                f"TLS with NATS at {servers} failed: {describe_tls_error(tls_failure)} "
+                "(check --tlsca, --tlscert and --tlskey)"
+            ) from exc
         if any(is_auth_error(e) for e in causes):
             raise ConnectError(
                 f"NATS at {servers} refused the credentials (check --creds, --nkey, "

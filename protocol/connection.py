@@ -102,3 +102,11 @@ def is_auth_error(exc: BaseException) -> bool:
     """
     text = str(exc).lower()
     return type(exc).__name__ == "AuthorizationError" or "authorization violation" in text
+
+
+def describe_tls_error(exc: ssl.SSLError) -> str:
+    """A short human account of a TLS failure."""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
+    return str(exc.reason or exc).lower().replace("_", " ")

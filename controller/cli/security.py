@@ -25,7 +25,7 @@ from controller.cli.common import (
     run,
     usage_error,
 )
-from controller.enroll import enroll_host
+from controller.enroll import controller_user, enroll_host
 from controller.fleet import DEFAULT_TIMEOUT
 from controller.keys import KeyStore, SigningKeyError
 from protocol import AuditRecord, InvalidHostId, Role, Subjects, utcnow
@@ -33,7 +33,17 @@ from protocol import AuditRecord, InvalidHostId, Role, Subjects, utcnow
 
 def enroll(
     ctx: typer.Context,
-    host_id: Annotated[str, typer.Argument(metavar="HOST", help="Host id of the new host.")],
+    host_id: Annotated[
+        str | None, typer.Argument(metavar="[HOST]", help="Host id of the new host.")
+    ] = None,
+    controller: Annotated[
+        str | None,
+        typer.Option(
+            "--controller",
+            metavar="NAME",
+            help="Instead of a host: a NATS user for a controller (requests, JetStream).",
+        ),
+    ] = None,
     key: Annotated[
         list[str] | None,
         typer.Option(
@@ -55,6 +65,11 @@ def enroll(
     subjects; add the printed entry to the server's authorization users and give
     the agent the seed (--nkey). Without --out the seed is printed: keep it secret.
     """
+    if controller is not None:
+        enroll_controller(ctx, controller, out_dir, json_)
+        return
+    if host_id is None:
+        usage_error("give a HOST to enroll, or --controller NAME")
     store = KeyStore()
     try:
         default = store.default_name()
@@ -70,10 +85,7 @@ def enroll(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "trust.toml").write_text(enrollment.trust_toml)
-        seed_path = out_dir / "agent.nk"
-        fd = os.open(seed_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(enrollment.nats_seed + b"\n")
+        write_secret(out_dir / "agent.nk", enrollment.nats_seed)
         (out_dir / "nats-user.conf").write_text(enrollment.nats_user + "\n")
         err.print(f"wrote {out_dir}/trust.toml, agent.nk (secret) and nats-user.conf")
     if json_:
@@ -98,6 +110,33 @@ def enroll(
             "\n# 3. On the NATS server: add to authorization { users = [ ... ] }", markup=False
         )
         out.print(enrollment.nats_user, markup=False)
+
+
+def enroll_controller(ctx: typer.Context, name: str, out_dir: Path | None, json_: bool) -> None:
+    public, seed, entry = controller_user(Subjects(global_options(ctx).prefix), name)
+    if out_dir is not None:
+        write_secret(out_dir / "controller.nk", seed)
+        (out_dir / "nats-user.conf").write_text(entry + "\n")
+        err.print(f"wrote {out_dir}/controller.nk (secret) and nats-user.conf")
+    if json_:
+        doc = {"name": name, "nats_public_key": public, "nats_user": entry}
+        if out_dir is None:
+            doc["nats_seed"] = seed.decode()
+        print_json(doc)
+    elif out_dir is None:
+        out.print(f"# 1. For the controller {name}: its NATS nkey seed (--nkey FILE)", markup=False)
+        out.print(seed.decode(), markup=False)
+        out.print(
+            "\n# 2. On the NATS server: add to authorization { users = [ ... ] }", markup=False
+        )
+        out.print(entry, markup=False)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data + b"\n")
 
 
 def audit(
