@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
+    DEPLOY_FAILED = "deploy_failed"
     INVALID_REPLY = "invalid_reply"
     INTERNAL = "internal"
 
@@ -109,6 +110,12 @@ class OperationTimeout(ShoalError):
     """An operation did not finish within its time limit."""
 
     code = ErrorCode.TIMEOUT
+
+
+class DeployFailed(ShoalError):
+    """A deploy or rollback failed on the host (the previous revision was restored)."""
+
+    code = ErrorCode.DEPLOY_FAILED
 
 
 class Busy(ShoalError):

@@ -10,6 +10,17 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from protocol.envelope import HostId
+from protocol.service import (
+    DeployArgs,
+    DeployResult,
+    PullArgs,
+    PullResult,
+    RemoveArgs,
+    RemoveResult,
+    RollbackArgs,
+    ServicesArgs,
+    ServicesResult,
+)
 
 RESERVED_LABELS = frozenset({"host", "arch", "variant", "os", "kernel"})
 """Fact names that are selectable like labels, so agents may not set them as labels."""
@@ -21,6 +32,11 @@ class Verb(StrEnum):
     DF = "df"
     PRUNE = "prune"
     STATUS = "status"
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+    REMOVE = "remove"
+    SERVICES = "services"
+    PULL = "pull"
 
 
 class Role(StrEnum):
@@ -363,8 +379,8 @@ class AuditRecord(_Result):
 @dataclass(frozen=True, slots=True)
 class VerbSpec:
     verb: Verb
-    args: type[_Args]
-    result: type[_Result]
+    args: type[BaseModel]
+    result: type[BaseModel]
     role: Role
     mutating: bool
     summary: str
@@ -380,6 +396,24 @@ VERBS: dict[Verb, VerbSpec] = {
     Verb.STATUS: VerbSpec(
         Verb.STATUS, StatusArgs, StatusResult, Role.VIEWER, False, "Outcome of a request id."
     ),
+    Verb.DEPLOY: VerbSpec(
+        Verb.DEPLOY, DeployArgs, DeployResult, Role.OPERATOR, True, "Deploy a service revision."
+    ),
+    Verb.ROLLBACK: VerbSpec(
+        Verb.ROLLBACK,
+        RollbackArgs,
+        DeployResult,
+        Role.OPERATOR,
+        True,
+        "Go back to the previous revision.",
+    ),
+    Verb.REMOVE: VerbSpec(
+        Verb.REMOVE, RemoveArgs, RemoveResult, Role.ADMIN, True, "Remove a service."
+    ),
+    Verb.SERVICES: VerbSpec(
+        Verb.SERVICES, ServicesArgs, ServicesResult, Role.VIEWER, False, "Services on the host."
+    ),
+    Verb.PULL: VerbSpec(Verb.PULL, PullArgs, PullResult, Role.OPERATOR, True, "Pull an image."),
 }
 
 
