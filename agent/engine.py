@@ -8,11 +8,12 @@ them in its bounded thread pool with a timeout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from protocol import ContainerSummary, PsArgs
+from protocol import ContainerSummary, PsArgs, ServiceSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,38 @@ class DiskSnapshot:
     """Bytes of all image layers on disk, shared layers counted once."""
 
 
+PullProgress = Callable[[int, int, str], None]
+"""Called with (bytes done, bytes total, status line) while a pull runs (from its thread)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    id: str
+    digests: tuple[str, ...]
+    architecture: str
+    variant: str
+    os: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    id: str
+    name: str
+    status: str
+    """created, running, exited, …"""
+    health: str
+    """healthy, unhealthy, starting, or '' without a healthcheck."""
+    exit_code: int
+    restart_count: int
+    image_id: str
+    labels: dict[str, str]
+    started_at: str
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
 class Engine(Protocol):
     def info(self) -> EngineInfo:
         """Engine details. Raises DockerUnavailable when the engine cannot be reached."""
@@ -143,6 +176,34 @@ class Engine(Protocol):
 
     def prune_build_cache(self, until: float | None) -> tuple[int, int]:
         """Remove unused build cache; returns (records removed, bytes reclaimed)."""
+        ...
+
+    # --- services ---------------------------------------------------------------------
+
+    def create_service_container(
+        self, spec: ServiceSpec, name: str, labels: dict[str, str]
+    ) -> str: ...
+
+    def start_container(self, container_id: str) -> None: ...
+
+    def stop_container(self, container_id: str, timeout: int) -> None: ...
+
+    def discard_container(self, container_id: str) -> None:
+        """Remove a container whatever its state."""
+        ...
+
+    def container_state(self, container_id: str) -> ContainerState: ...
+
+    def container_logs(self, container_id: str, tail: int) -> list[str]: ...
+
+    def service_containers(self, service: str | None) -> list[ContainerState]:
+        """Containers labelled as belonging to a service (or to any service)."""
+        ...
+
+    def image_info(self, ref: str) -> ImageInfo | None: ...
+
+    def pull_image(self, ref: str, progress: PullProgress) -> ImageInfo:
+        """Pull with the host's credentials; ``progress`` is called from the engine thread."""
         ...
 
     def close(self) -> None: ...

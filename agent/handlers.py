@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from agent.prune import PrunePlan, Removal, disk_usage, plan_prune
 from protocol import (
+    DeployArgs,
     DfArgs,
     DockerUnavailable,
     PingArgs,
@@ -22,7 +23,11 @@ from protocol import (
     PruneResult,
     PsArgs,
     PsResult,
+    PullArgs,
+    RemoveArgs,
     Request,
+    RollbackArgs,
+    ServicesArgs,
     ShoalError,
     StatusArgs,
     StatusResult,
@@ -56,6 +61,18 @@ class RequestContext:
         await self.agent.send_progress(
             self, phase, message, seq=self._seq, current=current, total=total
         )
+
+    def progress_nowait(
+        self,
+        phase: str,
+        message: str = "",
+        *,
+        current: float | None = None,
+        total: float | None = None,
+    ) -> None:
+        """Send progress from a synchronous callback on the event loop (fire and forget)."""
+        task = asyncio.create_task(self.progress(phase, message, current=current, total=total))
+        self.agent.keep_task(task)
 
     @asynccontextmanager
     async def keepalive(
@@ -238,3 +255,30 @@ async def handle_status(ctx: RequestContext, args: StatusArgs) -> BaseModel:
 
 
 HANDLERS[Verb.STATUS] = handle_status
+
+
+async def handle_deploy(ctx: RequestContext, args: DeployArgs) -> BaseModel:
+    return await ctx.agent.deployer.deploy(ctx, args)
+
+
+async def handle_rollback(ctx: RequestContext, args: RollbackArgs) -> BaseModel:
+    return await ctx.agent.deployer.rollback(ctx, args)
+
+
+async def handle_remove(ctx: RequestContext, args: RemoveArgs) -> BaseModel:
+    return await ctx.agent.deployer.remove(ctx, args)
+
+
+async def handle_services(ctx: RequestContext, args: ServicesArgs) -> BaseModel:
+    return await ctx.agent.deployer.services(args)
+
+
+async def handle_pull(ctx: RequestContext, args: PullArgs) -> BaseModel:
+    return await ctx.agent.deployer.pull(ctx, args)
+
+
+HANDLERS[Verb.DEPLOY] = handle_deploy
+HANDLERS[Verb.ROLLBACK] = handle_rollback
+HANDLERS[Verb.REMOVE] = handle_remove
+HANDLERS[Verb.SERVICES] = handle_services
+HANDLERS[Verb.PULL] = handle_pull

@@ -30,10 +30,12 @@ from pydantic import BaseModel, ValidationError
 
 from agent.audit import log_record, redact
 from agent.config import AgentSettings
+from agent.deploy import Deployer, ServiceStore
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
 from agent.handlers import HANDLERS, RequestContext
 from agent.journal import JournalEntry, RequestJournal
+from agent.policy import Policy, PolicyError, check_image, check_service, load_policy
 from agent.prune import KeepRules
 from agent.trust import TrustEntry, TrustError, TrustStore
 from protocol import (
@@ -53,6 +55,7 @@ from protocol import (
     Replayed,
     Reply,
     Request,
+    ServiceSpec,
     ShoalError,
     ShuttingDown,
     Subjects,
@@ -126,7 +129,9 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.engine: Engine = engine or DockerEngine(
-            settings.docker_host, timeout=settings.docker_timeout
+            settings.docker_host,
+            timeout=settings.docker_timeout,
+            long_timeout=settings.long_timeout,
         )
         self.subjects = Subjects(settings.prefix)
         self.version = version
@@ -155,6 +160,9 @@ class Agent:
             TrustStore(settings.trust) if settings.trust is not None else None
         )
         self.journal = RequestJournal(None)
+        self.deployer = Deployer(self, ServiceStore(None))
+        self.policy = Policy.default()
+        self._background: set[asyncio.Task[None]] = set()
         self.keep_rules = KeepRules(
             images=settings.prune_keep_images, containers=settings.prune_keep_containers
         )
@@ -186,6 +194,11 @@ class Agent:
                 self.trust.load()
             except TrustError as exc:
                 raise AgentStartError(str(exc)) from exc
+        if self.settings.policy is not None:
+            try:
+                self.policy = load_policy(self.settings.policy)
+            except PolicyError as exc:
+                raise AgentStartError(str(exc)) from exc
         await self._probe_engine()
         if not self.host_id:
             self.host_id = self._default_host_id()
@@ -197,6 +210,7 @@ class Agent:
             )
         state_dir = self.settings.resolved_state_dir(self.host_id)
         self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
+        self.deployer = Deployer(self, ServiceStore(state_dir / "services" if state_dir else None))
         try:
             self.journal.load(utcnow())
         except OSError as exc:
@@ -468,6 +482,18 @@ class Agent:
         await self._nc.publish(
             self.subjects.event(self.host_id, kind), event.model_dump_json().encode()
         )
+
+    def keep_task(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to a fire-and-forget task until it ends."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def check_policy(self, spec: ServiceSpec) -> None:
+        """Refuse (policy_denied) a service this host's policy does not allow."""
+        check_service(self.policy, spec)
+
+    def check_image_policy(self, image: str) -> None:
+        check_image(self.policy, image)
 
     def reload_trust(self) -> None:
         """Reload the trust file now (SIGHUP)."""

@@ -15,18 +15,28 @@ REVISION_LABEL = "shoal.revision"
 SPEC_HASH_LABEL = "shoal.spec-hash"
 
 # A Docker image reference: [registry[:port]/]path[:tag][@digest]; never a flag, never
-# whitespace or control characters.
-_IMAGE_RE = re.compile(
-    r"^(?![-.])(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+# whitespace or control characters. As Docker reads it, the first component names a
+# registry only if it has a "." or ":" or is "localhost".
+_REGISTRY_RE = re.compile(r"^(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*)(?::[0-9]{1,5})?$")
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO_RE = re.compile(
+    rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
 )
 
 
 def validate_image_ref(value: str) -> str:
     """Return ``value`` if it is a plain image reference, else raise ValueError."""
-    if not isinstance(value, str) or len(value) > 512 or not _IMAGE_RE.fullmatch(value):
-        shown = value[:60] if isinstance(value, str) else type(value).__name__
+    shown = value[:60] if isinstance(value, str) else type(value).__name__
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise ValueError(f"invalid image reference {shown!r}")
+    head, slash, rest = value.partition("/")
+    if slash and ("." in head or ":" in head or head == "localhost"):
+        if not _REGISTRY_RE.fullmatch(head):
+            raise ValueError(f"invalid registry in image reference {shown!r}")
+        path = rest
+    else:
+        path = value
+    if not _REPO_RE.fullmatch(path):
         raise ValueError(f"invalid image reference {shown!r}")
     return value
 

@@ -13,11 +13,11 @@ from typing import TypeVar
 import docker
 import docker.errors
 
-from agent.docker import disk
+from agent.docker import disk, services
 from agent.docker.containers import list_containers
 from agent.docker.system import engine_info, ping_engine
-from agent.engine import DiskSnapshot, EngineInfo
-from protocol import ContainerSummary, DockerUnavailable, PsArgs
+from agent.engine import ContainerState, DiskSnapshot, EngineInfo, ImageInfo, PullProgress
+from protocol import ContainerSummary, DockerUnavailable, PsArgs, ServiceSpec
 
 T = TypeVar("T")
 
@@ -25,27 +25,31 @@ T = TypeVar("T")
 class DockerEngine:
     """An :class:`agent.engine.Engine` backed by a Docker engine.
 
-    The SDK client is created lazily and recreated after the engine was
+    SDK clients are created lazily and recreated after the engine was
     unreachable, so an agent started before its engine (or outliving an engine
-    restart) serves again without a restart of its own.
+    restart) serves again without a restart of its own. Long operations (pull,
+    disk usage, build-cache prune) use a second client with a long read timeout.
     """
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, timeout: float = 30.0, long_timeout: float = 600.0
+    ) -> None:
         self.base_url = base_url
-        self.timeout = timeout
-        self._client: docker.DockerClient | None = None
+        self.timeouts = {False: timeout, True: long_timeout}
+        self._clients: dict[bool, docker.DockerClient] = {}
         self._lock = threading.Lock()
 
-    def _get_client(self) -> docker.DockerClient:
+    def _get_client(self, long: bool) -> docker.DockerClient:
         with self._lock:
-            if self._client is None:
+            client = self._clients.get(long)
+            if client is None:
                 try:
                     # from_env keeps DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for tcp:// engines.
                     environment = dict(os.environ)
                     if self.base_url:
                         environment["DOCKER_HOST"] = self.base_url
                     client = docker.from_env(
-                        version="auto", timeout=int(self.timeout), environment=environment
+                        version="auto", timeout=int(self.timeouts[long]), environment=environment
                     )
                 except docker.errors.DockerException as exc:
                     where = self.base_url or os.environ.get("DOCKER_HOST") or "the local socket"
@@ -53,18 +57,18 @@ class DockerEngine:
                         f"the Docker engine at {where} is unreachable",
                         detail={"reason": str(exc)},
                     ) from exc
-                self._client = client
-            return self._client
+                self._clients[long] = client
+            return client
 
     def _reset(self) -> None:
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
             client.close()
 
-    def _call(self, fn: Callable[[docker.DockerClient], T]) -> T:
+    def _call(self, fn: Callable[[docker.DockerClient], T], *, long: bool = False) -> T:
         try:
-            return fn(self._get_client())
+            return fn(self._get_client(long))
         except DockerUnavailable:
             self._reset()
             raise
@@ -79,7 +83,7 @@ class DockerEngine:
         return self._call(lambda client: list_containers(client, args))
 
     def disk_snapshot(self) -> DiskSnapshot:
-        return self._call(disk.disk_snapshot)
+        return self._call(disk.disk_snapshot, long=True)
 
     def remove_container(self, container_id: str) -> None:
         self._call(lambda client: disk.remove_container(client, container_id))
@@ -94,7 +98,37 @@ class DockerEngine:
         self._call(lambda client: disk.remove_network(client, network_id))
 
     def prune_build_cache(self, until: float | None) -> tuple[int, int]:
-        return self._call(lambda client: disk.prune_build_cache(client, until))
+        return self._call(lambda client: disk.prune_build_cache(client, until), long=True)
+
+    # --- services ---------------------------------------------------------------------
+
+    def create_service_container(self, spec: ServiceSpec, name: str, labels: dict[str, str]) -> str:
+        return self._call(lambda c: services.create_service_container(c, spec, name, labels))
+
+    def start_container(self, container_id: str) -> None:
+        self._call(lambda client: services.start_container(client, container_id))
+
+    def stop_container(self, container_id: str, timeout: int) -> None:
+        # The read must outlast the engine's own stop timeout.
+        self._call(lambda c: services.stop_container(c, container_id, timeout), long=True)
+
+    def discard_container(self, container_id: str) -> None:
+        self._call(lambda client: services.discard_container(client, container_id), long=True)
+
+    def container_state(self, container_id: str) -> ContainerState:
+        return self._call(lambda client: services.container_state(client, container_id))
+
+    def container_logs(self, container_id: str, tail: int) -> list[str]:
+        return self._call(lambda client: services.container_logs(client, container_id, tail))
+
+    def service_containers(self, service: str | None) -> list[ContainerState]:
+        return self._call(lambda client: services.service_containers(client, service))
+
+    def image_info(self, ref: str) -> ImageInfo | None:
+        return self._call(lambda client: services.image_info(client, ref))
+
+    def pull_image(self, ref: str, progress: PullProgress) -> ImageInfo:
+        return self._call(lambda client: services.pull_image(client, ref, progress), long=True)
 
     def close(self) -> None:
         self._reset()

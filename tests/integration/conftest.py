@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import pytest
 from controller import Fleet
 from protocol import NatsOptions, Role
 from tests.integration.agents import AgentProcess, SessionKey, make_key, write_trust
-from tests.stack import DockerEngine, NatsServer
+from tests.stack import BUSYBOX_IMAGE, DockerEngine, NatsServer, Registry
 
 KEEP_ENV = {
     "SHOAL_PRUNE_KEEP_IMAGES": "shoal-test/busybox:*,*/keep-*",
@@ -105,3 +107,40 @@ def agents(
 async def _init_registry(url: str) -> None:
     async with Fleet(NatsOptions(servers=url)) as fleet:
         await fleet.init_registry()
+
+
+APP_VERSIONS = {
+    # version: healthcheck command (v3's always fails)
+    "v1": "true",
+    "v2": "true",
+    "v3": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def app_images(engines: list[DockerEngine], registry: Registry) -> dict[str, str]:
+    """``app:v1``, ``app:v2`` (healthy) and ``app:v3`` (unhealthy) in the local registry.
+
+    Built from the busybox base on host-a and pushed; agents pull them from there.
+    """
+    refs = {}
+    with contextlib.closing(engines[0].client(timeout=120)) as client:
+        for version, check in APP_VERSIONS.items():
+            ref = registry.ref("shoal-test/app", version)
+            dockerfile = (
+                f"FROM {BUSYBOX_IMAGE}\n"
+                f"ENV APP_VERSION={version}\n"
+                f'LABEL org.example.version="{version}"\n'
+                "STOPSIGNAL SIGKILL\n"
+                f"HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD {check}\n"
+                'CMD ["sleep", "3600"]\n'
+            )
+            client.images.build(
+                fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True, network_mode="none"
+            )
+            for line in client.api.push(ref, stream=True, decode=True):
+                if "error" in line:
+                    raise RuntimeError(f"push {ref}: {line['error']}")
+            client.images.remove(ref)  # agents must pull it, even on host-a
+            refs[version] = ref
+    return refs

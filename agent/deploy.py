@@ -1,0 +1,581 @@
+"""Deploy, roll back and remove services on this host.
+
+A service's containers carry ``shoal.service``, ``shoal.revision`` and
+``shoal.spec-hash``. The current and previous revisions' definitions are kept
+in the state directory, so a rollback needs nothing from the controller.
+
+A deploy: pull (progress streamed), check the image's architecture, create the
+new container, then stop-first (stop the old, start the new) or start-first
+(start the new, stop the old once it is healthy), wait for health (or for the
+container to keep running through the monitor window), remove the old one.
+Any failure removes the new container, restores the old one and reports why,
+with the last lines of the failed container's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent.engine import ContainerState, ImageInfo
+from protocol import (
+    PREVIOUS_IMAGE_LABEL,
+    SERVICE_LABEL,
+    BadRequest,
+    Conflict,
+    DeployAction,
+    DeployArgs,
+    DeployFailed,
+    DeployPhase,
+    DeployResult,
+    NotFound,
+    Order,
+    PullArgs,
+    PullResult,
+    RemoveArgs,
+    RemoveResult,
+    RollbackArgs,
+    ServicesArgs,
+    ServiceSpec,
+    ServicesResult,
+    ServiceStatus,
+    ShoalError,
+    normalize_arch,
+    spec_diff,
+    utcnow,
+)
+from protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
+
+if TYPE_CHECKING:
+    from agent.handlers import RequestContext
+    from agent.runtime import Agent
+
+log = logging.getLogger("shoal.agent")
+
+LOG_TAIL = 20
+POLL = 0.25
+"""Seconds between container-state polls while waiting for health (bounded by deadlines)."""
+
+
+class Revision(BaseModel):
+    """One deployed revision of a service, as the state directory keeps it."""
+
+    revision: int
+    spec: ServiceSpec
+    spec_hash: str
+    image_id: str
+    container_id: str
+    deployed_at: datetime
+
+
+class ServiceRecord(BaseModel):
+    current: Revision
+    previous: Revision | None = None
+
+
+class ServiceStore:
+    """Service records as JSON files under ``<state>/services`` (in memory without one)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._memory: dict[str, ServiceRecord] = {}
+
+    def get(self, name: str) -> ServiceRecord | None:
+        if self.root is None:
+            return self._memory.get(name)
+        path = self.root / f"{name}.json"
+        try:
+            return ServiceRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            log.error("service record %s unreadable (%s); treating the service as new", path, exc)
+            return None
+
+    def put(self, name: str, record: ServiceRecord) -> None:
+        if self.root is None:
+            self._memory[name] = record
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{name}.json"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(record.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+    def delete(self, name: str) -> None:
+        if self.root is None:
+            self._memory.pop(name, None)
+        else:
+            (self.root / f"{name}.json").unlink(missing_ok=True)
+
+    def names(self) -> list[str]:
+        if self.root is None:
+            return sorted(self._memory)
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.json"))
+
+
+@dataclass
+class _Step:
+    """Where a deploy is, for the failure report."""
+
+    phase: DeployPhase = DeployPhase.PLANNING
+
+
+class Deployer:
+    """Runs deploy, rollback, remove and services for one agent."""
+
+    def __init__(self, agent: Agent, store: ServiceStore) -> None:
+        self.agent = agent
+        self.store = store
+        self._busy: dict[str, str] = {}
+
+    # --- locking -------------------------------------------------------------------------
+
+    def _claim(self, service: str, request_id: str) -> None:
+        holder = self._busy.get(service)
+        if holder is not None:
+            raise Conflict(
+                f"service {service!r} is busy with request {holder} on this host; "
+                "one operation per service at a time",
+                detail={"request_id": holder},
+            )
+        self._busy[service] = request_id
+
+    def _release(self, service: str) -> None:
+        self._busy.pop(service, None)
+
+    # --- verbs ---------------------------------------------------------------------------
+
+    async def deploy(self, ctx: RequestContext, args: DeployArgs) -> DeployResult:
+        spec = args.service
+        self.agent.check_policy(spec)
+        if (
+            args.order == Order.START_FIRST
+            and spec.fixed_host_ports
+            and spec.network_mode != "host"
+        ):
+            ports = ", ".join(str(p) for p in spec.fixed_host_ports)
+            raise BadRequest(
+                f"start-first cannot work with fixed host port(s) {ports}: the new container "
+                "could not bind them while the old one still runs; use stop-first"
+            )
+        if args.order == Order.START_FIRST and spec.network_mode == "host" and spec.ports:
+            raise BadRequest("start-first cannot work with host networking and published ports")
+        self._claim(spec.name, ctx.request.id)
+        try:
+            record = self.store.get(spec.name)
+            if args.dry_run:
+                return await self._plan(record, spec)
+            return await self._roll(
+                ctx, spec, record, args.order, args.monitor, args.health_timeout, rollback=False
+            )
+        finally:
+            self._release(spec.name)
+
+    async def rollback(self, ctx: RequestContext, args: RollbackArgs) -> DeployResult:
+        self._claim(args.service, ctx.request.id)
+        try:
+            record = self.store.get(args.service)
+            if record is None:
+                raise NotFound(f"service {args.service!r} is not deployed on this host")
+            if record.previous is None:
+                raise NotFound(f"service {args.service!r} has no previous revision to go back to")
+            self.agent.check_policy(record.previous.spec)
+            return await self._roll(
+                ctx,
+                record.previous.spec,
+                record,
+                args.order,
+                args.monitor,
+                args.health_timeout,
+                rollback=True,
+            )
+        finally:
+            self._release(args.service)
+
+    async def remove(self, ctx: RequestContext, args: RemoveArgs) -> RemoveResult:
+        self._claim(args.service, ctx.request.id)
+        try:
+            containers = await self.agent.in_engine(
+                self.agent.engine.service_containers, args.service
+            )
+            if not containers and self.store.get(args.service) is None:
+                raise NotFound(f"service {args.service!r} is not deployed on this host")
+            removed = []
+            for container in containers:
+                await ctx.progress(DeployPhase.REMOVING, f"removing {container.name}")
+                await self.agent.in_engine(self.agent.engine.discard_container, container.id)
+                removed.append(container.id)
+            self.store.delete(args.service)
+            return RemoveResult(service=args.service, removed=removed)
+        finally:
+            self._release(args.service)
+
+    async def services(self, args: ServicesArgs) -> ServicesResult:
+        containers = await self.agent.in_engine(self.agent.engine.service_containers, args.service)
+        by_service: dict[str, list[ContainerState]] = {}
+        for c in containers:
+            by_service.setdefault(c.labels.get(SERVICE_LABEL, ""), []).append(c)
+        names = set(by_service) | set(self.store.names())
+        if args.service is not None:
+            names &= {args.service}
+        statuses = []
+        for name in sorted(n for n in names if n):
+            record = self.store.get(name)
+            live = _current_container(by_service.get(name, []), record)
+            if record is None and live is None:
+                continue
+            statuses.append(_status(name, record, live))
+        return ServicesResult(services=statuses)
+
+    async def pull(self, ctx: RequestContext, args: PullArgs) -> PullResult:
+        self.agent.check_image_policy(args.image)
+        before = await self.agent.in_engine(self.agent.engine.image_info, args.image)
+        info = await self._pull(ctx, args.image)
+        return PullResult(
+            image=args.image,
+            image_id=info.id,
+            digest=info.digests[0] if info.digests else "",
+            architecture=f"{info.architecture}/{info.variant}"
+            if info.variant
+            else info.architecture,
+            changed=before is None or before.id != info.id,
+        )
+
+    # --- the work --------------------------------------------------------------------------
+
+    async def _plan(self, record: ServiceRecord | None, spec: ServiceSpec) -> DeployResult:
+        current = record.current if record is not None else None
+        live = None
+        if current is not None:
+            live = await self._live(current.container_id)
+        if current is None:
+            action, diff = DeployAction.CREATED, ["new service"]
+        elif current.spec_hash == spec.spec_hash() and live is not None and live.running:
+            action, diff = DeployAction.UNCHANGED, []
+        else:
+            action = DeployAction.UPDATED
+            diff = spec_diff(current.spec, spec) or ["the container is not running: recreate"]
+        return DeployResult(
+            service=spec.name,
+            action=action,
+            revision=current.revision
+            if current is not None and action == DeployAction.UNCHANGED
+            else (current.revision + 1 if current is not None else 1),
+            previous_revision=current.revision if current is not None else None,
+            image=spec.image,
+            spec_hash=spec.spec_hash(),
+            diff=diff,
+            dry_run=True,
+        )
+
+    async def _live(self, container_id: str) -> ContainerState | None:
+        try:
+            return await self.agent.in_engine(self.agent.engine.container_state, container_id)
+        except NotFound:
+            return None
+
+    async def _pull(self, ctx: RequestContext, image: str) -> ImageInfo:
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(current: int, total: int, status: str) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5:
+                return
+            last[0] = now
+            loop.call_soon_threadsafe(
+                lambda: ctx.progress_nowait(
+                    DeployPhase.PULLING, f"{image}: {status}", current=current, total=total or None
+                )
+            )
+
+        await ctx.progress(DeployPhase.PULLING, f"pulling {image}")
+        async with ctx.keepalive(DeployPhase.PULLING, f"pulling {image}", every=5.0):
+            info = await self.agent.in_engine(
+                self.agent.engine.pull_image, image, progress, timeout=self.agent.long_timeout
+            )
+        host_arch = self.agent.facts()
+        want = (host_arch.arch, host_arch.variant)
+        got = normalize_arch(info.architecture)[0], info.variant
+        if info.architecture and got[0] != want[0]:
+            raise DeployFailed(
+                f"image {image} is for {info.os}/{info.architecture}"
+                f"{'/' + info.variant if info.variant else ''}, "
+                f"but this host is {host_arch.os}/{want[0]}{'/' + want[1] if want[1] else ''}",
+                detail={"phase": DeployPhase.PULLING, "reason": "architecture mismatch"},
+            )
+        return info
+
+    async def _roll(
+        self,
+        ctx: RequestContext,
+        spec: ServiceSpec,
+        record: ServiceRecord | None,
+        order: Order,
+        monitor: float,
+        health_timeout: float,
+        *,
+        rollback: bool,
+    ) -> DeployResult:
+        agent, engine = self.agent, self.agent.engine
+        current = record.current if record is not None else None
+        step = _Step()
+        try:
+            step.phase = DeployPhase.PULLING
+            info = await self._pull(ctx, spec.image)
+        except ShoalError as exc:
+            raise _failed(exc, step.phase, [], current.revision if current else None) from exc
+
+        old = await self._live(current.container_id) if current is not None else None
+        unchanged = (
+            not rollback
+            and current is not None
+            and current.spec_hash == spec.spec_hash()
+            and current.image_id == info.id
+            and old is not None
+            and old.running
+        )
+        if unchanged:
+            assert current is not None
+            return DeployResult(
+                service=spec.name,
+                action=DeployAction.UNCHANGED,
+                revision=current.revision,
+                previous_revision=record.previous.revision if record and record.previous else None,
+                image=spec.image,
+                image_id=info.id,
+                spec_hash=current.spec_hash,
+                container_id=current.container_id,
+            )
+
+        if rollback:
+            assert record is not None and record.previous is not None
+            revision = record.previous.revision
+        else:
+            known = [r.revision for r in (current, record.previous if record else None) if r]
+            revision = max(known, default=0) + 1
+        labels = {
+            SERVICE_LABEL: spec.name,
+            REVISION_LABEL: str(revision),
+            SPEC_HASH_LABEL: spec.spec_hash(),
+        }
+        if current is not None:
+            labels[PREVIOUS_IMAGE_LABEL] = current.image_id
+        stale = [
+            c
+            for c in await agent.in_engine(engine.service_containers, spec.name)
+            if old is None or c.id != old.id
+        ]
+        for c in stale:  # leftovers of an interrupted operation
+            await agent.in_engine(engine.discard_container, c.id)
+
+        new_id = ""
+        old_stopped = False
+        try:
+            step.phase = DeployPhase.CREATING
+            await ctx.progress(step.phase, f"creating revision {revision}")
+            new_id = await agent.in_engine(
+                engine.create_service_container, spec, f"{spec.name}.r{revision}", labels
+            )
+            if old is not None and old.running and order == Order.STOP_FIRST:
+                step.phase = DeployPhase.STOPPING
+                await ctx.progress(step.phase, f"stopping {old.name}")
+                await self._stop(old, current.spec if current else spec)
+                old_stopped = True
+            step.phase = DeployPhase.STARTING
+            await ctx.progress(step.phase, f"starting {spec.name}.r{revision}")
+            await agent.in_engine(engine.start_container, new_id)
+            step.phase = DeployPhase.HEALTH
+            await self._wait_healthy(ctx, new_id, spec, monitor, health_timeout)
+        except ShoalError as exc:
+            logs = await self._logs(new_id) if new_id else []
+            restored = await self._restore(ctx, new_id, old, current, old_stopped)
+            raise _failed(exc, step.phase, logs, restored) from exc
+
+        if old is not None:
+            await ctx.progress(DeployPhase.REMOVING, f"removing {old.name}")
+            try:
+                if old.running and order == Order.START_FIRST:
+                    await self._stop(old, current.spec if current else spec)
+                await agent.in_engine(engine.discard_container, old.id)
+            except ShoalError as exc:
+                log.warning("could not remove the old container %s: %s", old.name, exc.message)
+        new_revision = Revision(
+            revision=revision,
+            spec=spec,
+            spec_hash=spec.spec_hash(),
+            image_id=info.id,
+            container_id=new_id,
+            deployed_at=utcnow(),
+        )
+        self.store.put(spec.name, ServiceRecord(current=new_revision, previous=current))
+        if rollback:
+            action = DeployAction.ROLLED_BACK
+        else:
+            action = DeployAction.UPDATED if current is not None else DeployAction.CREATED
+        return DeployResult(
+            service=spec.name,
+            action=action,
+            revision=revision,
+            previous_revision=current.revision if current is not None else None,
+            image=spec.image,
+            image_id=info.id,
+            spec_hash=spec.spec_hash(),
+            container_id=new_id,
+            diff=spec_diff(current.spec if current else None, spec),
+        )
+
+    async def _stop(self, container: ContainerState, spec: ServiceSpec) -> None:
+        grace = int(spec.stop_grace_period) if spec.stop_grace_period is not None else 10
+        await self.agent.in_engine(
+            self.agent.engine.stop_container, container.id, grace, timeout=grace + 30
+        )
+
+    async def _wait_healthy(
+        self,
+        ctx: RequestContext,
+        container_id: str,
+        spec: ServiceSpec,
+        monitor: float,
+        health_timeout: float,
+    ) -> None:
+        """Healthy by its healthcheck, or running through the monitor window."""
+        engine = self.agent.engine
+        started = time.monotonic()
+        first = await self.agent.in_engine(engine.container_state, container_id)
+        # A healthcheck from the spec, or one the image defines.
+        has_health = spec.healthcheck is not None or bool(first.health)
+        deadline = started + (health_timeout if has_health else monitor)
+        await ctx.progress(
+            DeployPhase.HEALTH,
+            "waiting for healthy" if has_health else f"running for {monitor:g}s",
+        )
+        last_beat = started
+        while True:
+            state = await self.agent.in_engine(engine.container_state, container_id)
+            if not state.running or state.restart_count > 0:
+                raise DeployFailed(
+                    f"the container exited with code {state.exit_code}"
+                    if not state.running
+                    else "the container restarted",
+                    detail={"reason": "exited"},
+                )
+            if has_health:
+                if state.health == "healthy":
+                    return
+                if state.health == "unhealthy":
+                    raise DeployFailed("the container is unhealthy", detail={"reason": "unhealthy"})
+            now = time.monotonic()
+            if now >= deadline:
+                if has_health:
+                    raise DeployFailed(
+                        f"the container was not healthy within {health_timeout:g}s",
+                        detail={"reason": "health timeout"},
+                    )
+                return
+            if now - last_beat >= 2.0:
+                last_beat = now
+                await ctx.progress(
+                    DeployPhase.HEALTH,
+                    state.health or "running",
+                    current=now - started,
+                    total=deadline - started,
+                )
+            await asyncio.sleep(min(POLL, deadline - now))
+
+    async def _logs(self, container_id: str) -> list[str]:
+        try:
+            return await self.agent.in_engine(
+                self.agent.engine.container_logs, container_id, LOG_TAIL
+            )
+        except ShoalError:
+            return []
+
+    async def _restore(
+        self,
+        ctx: RequestContext,
+        new_id: str,
+        old: ContainerState | None,
+        current: Revision | None,
+        old_stopped: bool,
+    ) -> int | None:
+        """Remove the failed container and bring the previous one back. Its revision."""
+        engine = self.agent.engine
+        await ctx.progress(DeployPhase.ROLLING_BACK, "restoring the previous revision")
+        if new_id:
+            try:
+                await self.agent.in_engine(engine.discard_container, new_id)
+            except ShoalError as exc:
+                log.error("could not remove the failed container %s: %s", new_id[:12], exc.message)
+        if old is None or current is None:
+            return None
+        if old_stopped:
+            try:
+                await self.agent.in_engine(engine.start_container, old.id)
+            except ShoalError as exc:
+                log.error("could not restart the previous container %s: %s", old.name, exc.message)
+                return None
+        return current.revision
+
+
+def _failed(
+    exc: ShoalError, phase: DeployPhase, logs: list[str], restored: int | None
+) -> DeployFailed:
+    if isinstance(exc, DeployFailed):
+        reason = exc.detail.get("reason", exc.message)
+    else:
+        reason = f"{exc.code}: {exc.message}"
+    return DeployFailed(
+        f"{phase} failed: {exc.message}"
+        + (f"; restored revision {restored}" if restored is not None else ""),
+        detail={
+            "phase": str(phase),
+            "reason": reason,
+            "logs": logs,
+            "restored_revision": restored,
+            **({"cause": str(exc.code)} if not isinstance(exc, DeployFailed) else {}),
+        },
+    )
+
+
+def _current_container(
+    containers: list[ContainerState], record: ServiceRecord | None
+) -> ContainerState | None:
+    if record is not None:
+        for c in containers:
+            if c.id == record.current.container_id:
+                return c
+    running = [c for c in containers if c.running]
+    pool = running or containers
+    return max(pool, key=lambda c: int(c.labels.get(REVISION_LABEL, "0") or 0), default=None)
+
+
+def _status(name: str, record: ServiceRecord | None, live: ContainerState | None) -> ServiceStatus:
+    current = record.current if record is not None else None
+    labels: dict[str, Any] = live.labels if live is not None else {}
+    return ServiceStatus(
+        name=name,
+        revision=current.revision if current else int(labels.get(REVISION_LABEL, 0) or 0),
+        image=current.spec.image if current else "",
+        image_id=current.image_id if current else (live.image_id if live else ""),
+        spec_hash=current.spec_hash if current else str(labels.get(SPEC_HASH_LABEL, "")),
+        state=live.status if live is not None else "missing",
+        health=live.health if live is not None else "",
+        container_id=live.id if live is not None else "",
+        previous_revision=record.previous.revision if record and record.previous else None,
+        updated_at=current.deployed_at if current else None,
+    )
