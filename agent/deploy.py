@@ -76,9 +76,17 @@ class Revision(BaseModel):
     deployed_at: datetime
 
 
+class Pending(BaseModel):
+    """A deploy in progress, written before it touches the engine (for crash recovery)."""
+
+    revision: Revision
+    healthy: bool = False
+
+
 class ServiceRecord(BaseModel):
-    current: Revision
+    current: Revision | None
     previous: Revision | None = None
+    pending: Pending | None = None
 
 
 class ServiceStore:
@@ -189,7 +197,7 @@ class Deployer:
         self._claim(args.service, ctx.request.id)
         try:
             record = self.store.get(args.service)
-            if record is None:
+            if record is None or record.current is None:
                 raise NotFound(f"service {args.service!r} is not deployed on this host")
             if record.previous is None:
                 raise NotFound(f"service {args.service!r} has no previous revision to go back to")
@@ -334,6 +342,10 @@ class Deployer:
         agent, engine = self.agent, self.agent.engine
         current = record.current if record is not None else None
         step = _Step()
+        if record is not None and record.pending is not None:
+            raise Conflict(
+                f"service {spec.name!r} has an unfinished operation; the agent recovers it at start"
+            )
         try:
             step.phase = DeployPhase.PULLING
             info = await self._pull(ctx, spec.image)
@@ -385,12 +397,26 @@ class Deployer:
 
         new_id = ""
         old_stopped = False
+        base = record if record is not None else ServiceRecord(current=None)
+        pending = Pending(
+            revision=Revision(
+                revision=revision,
+                spec=spec,
+                spec_hash=spec.spec_hash(),
+                image_id=info.id,
+                container_id="",
+                deployed_at=utcnow(),
+            )
+        )
+        self.store.put(spec.name, base.model_copy(update={"pending": pending}))
         try:
             step.phase = DeployPhase.CREATING
             await ctx.progress(step.phase, f"creating revision {revision}")
             new_id = await agent.in_engine(
                 engine.create_service_container, spec, f"{spec.name}.r{revision}", labels
             )
+            pending = Pending(revision=pending.revision.model_copy(update={"container_id": new_id}))
+            self.store.put(spec.name, base.model_copy(update={"pending": pending}))
             if old is not None and old.running and order == Order.STOP_FIRST:
                 step.phase = DeployPhase.STOPPING
                 await ctx.progress(step.phase, f"stopping {old.name}")
@@ -404,7 +430,10 @@ class Deployer:
         except ShoalError as exc:
             logs = await self._logs(new_id) if new_id else []
             restored = await self._restore(ctx, new_id, old, current, old_stopped)
+            self._forget_pending(spec.name, base)
             raise _failed(exc, step.phase, logs, restored) from exc
+        pending = pending.model_copy(update={"healthy": True})
+        self.store.put(spec.name, base.model_copy(update={"pending": pending}))
 
         if old is not None:
             await ctx.progress(DeployPhase.REMOVING, f"removing {old.name}")
@@ -438,6 +467,60 @@ class Deployer:
             container_id=new_id,
             diff=spec_diff(current.spec if current else None, spec),
         )
+
+    def _forget_pending(self, name: str, base: ServiceRecord) -> None:
+        if base.current is None:
+            self.store.delete(name)
+        else:
+            self.store.put(name, base.model_copy(update={"pending": None}))
+
+    async def recover(self) -> None:
+        """Converge every service after a crash: one revision runs, no orphans remain.
+
+        A deploy that was interrupted after its new container became healthy is
+        completed; one interrupted earlier is undone and the previous revision
+        runs again.
+        """
+        engine = self.agent.engine
+        for name in self.store.names():
+            record = self.store.get(name)
+            if record is None:
+                continue
+            containers = await self.agent.in_engine(engine.service_containers, name)
+            pending = record.pending
+            keep: str | None = record.current.container_id if record.current else None
+            if pending is not None:
+                new = next((c for c in containers if c.id == pending.revision.container_id), None)
+                if pending.healthy and new is not None:
+                    log.warning(
+                        "recovery: completing the deploy of %s revision %d",
+                        name,
+                        pending.revision.revision,
+                    )
+                    record = ServiceRecord(current=pending.revision, previous=record.current)
+                    keep = new.id
+                    if not new.running:
+                        await self.agent.in_engine(engine.start_container, new.id)
+                else:
+                    log.warning(
+                        "recovery: undoing the interrupted deploy of %s revision %d",
+                        name,
+                        pending.revision.revision,
+                    )
+                    record = record.model_copy(update={"pending": None})
+            for container in containers:
+                if container.id != keep:
+                    log.warning("recovery: removing %s of service %s", container.name, name)
+                    await self.agent.in_engine(engine.discard_container, container.id)
+            if record.current is None:
+                self.store.delete(name)
+                continue
+            current = next((c for c in containers if c.id == keep), None)
+            if current is not None and not current.running and pending is not None:
+                # stop-first had stopped it before the crash
+                log.warning("recovery: starting %s again", current.name)
+                await self.agent.in_engine(engine.start_container, current.id)
+            self.store.put(name, record)
 
     async def _stop(self, container: ContainerState, spec: ServiceSpec) -> None:
         grace = int(spec.stop_grace_period) if spec.stop_grace_period is not None else 10
@@ -555,7 +638,7 @@ def _failed(
 def _current_container(
     containers: list[ContainerState], record: ServiceRecord | None
 ) -> ContainerState | None:
-    if record is not None:
+    if record is not None and record.current is not None:
         for c in containers:
             if c.id == record.current.container_id:
                 return c

@@ -163,6 +163,7 @@ class Agent:
         self.deployer = Deployer(self, ServiceStore(None))
         self.policy = Policy.default()
         self._background: set[asyncio.Task[None]] = set()
+        self._recovered = False
         self.keep_rules = KeepRules(
             images=settings.prune_keep_images, containers=settings.prune_keep_containers
         )
@@ -211,6 +212,7 @@ class Agent:
         state_dir = self.settings.resolved_state_dir(self.host_id)
         self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
         self.deployer = Deployer(self, ServiceStore(state_dir / "services" if state_dir else None))
+        await self._recover_services()  # before taking requests
         try:
             self.journal.load(utcnow())
         except OSError as exc:
@@ -483,6 +485,18 @@ class Agent:
             self.subjects.event(self.host_id, kind), event.model_dump_json().encode()
         )
 
+    async def _recover_services(self) -> None:
+        """Converge services left mid-operation by a crash (needs the engine)."""
+        if not self._docker.reachable:
+            self._recovered = False
+            return
+        try:
+            await self.deployer.recover()
+            self._recovered = True
+        except ShoalError as exc:
+            log.error("service recovery failed (%s); retrying later", exc.message)
+            self._recovered = False
+
     def keep_task(self, task: asyncio.Task[None]) -> None:
         """Keep a reference to a fire-and-forget task until it ends."""
         self._background.add(task)
@@ -514,6 +528,8 @@ class Agent:
                 await self._probe_engine()
                 await self._publish_heartbeat()
                 self._housekeeping()
+                if not self._recovered:
+                    await self._recover_services()
             except (nats.errors.Error, OSError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
