@@ -104,7 +104,13 @@ class AuditStream:
                     except ValidationError:
                         log.warning("ignoring a malformed audit record on %s", msg.subject)
                     else:
-                        if selector.matches(record.host, {}):
+                        # The subject says which agent published it (NATS permissions
+                        # bind it); a record claiming another host is not trusted.
+                        if msg.subject != self.subjects.audit(record.host):
+                            log.warning(
+                                "ignoring an audit record for %s on %s", record.host, msg.subject
+                            )
+                        elif selector.matches(record.host, {}):
                             records.append(record)
                     if msg.metadata.num_pending == 0:
                         break

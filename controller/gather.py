@@ -22,6 +22,8 @@ from protocol import Progress, Reply, Request, Signer, Subjects, Target, new_req
 
 log = logging.getLogger("shoal.controller")
 
+NO_RESPONDERS = "503"
+
 _INBOX_MESSAGE: TypeAdapter[Progress | Reply] = TypeAdapter(
     Annotated[Progress | Reply, Field(discriminator="kind")]
 )
@@ -36,6 +38,9 @@ class Gathered:
     replies: dict[str, Reply] = field(default_factory=dict)
     malformed: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    """Hosts that never answered, including ``no_responders``."""
+    no_responders: list[str] = field(default_factory=list)
+    """Hosts whose subject had no subscriber when the request was sent."""
     last_progress: dict[str, Progress] = field(default_factory=dict)
     duration: float = 0.0
 
@@ -70,11 +75,24 @@ async def gather_replies(
     waiting = set(expected)
 
     async def on_msg(msg: Msg) -> None:
+        # Each host answers on its own reply subject; a message about another host is forged.
+        sent_to = msg.subject.rsplit(".", 1)[-1]
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            # The server says nothing listens on that host's subject: it will not answer.
+            if sent_to in waiting:
+                waiting.discard(sent_to)
+                result.no_responders.append(sent_to)
+                if not waiting:
+                    all_in.set()
+            return
         try:
             message = _INBOX_MESSAGE.validate_json(msg.data)
             if isinstance(message, Progress):
                 progress = message
                 if progress.id != request_id or progress.host not in waiting:
+                    return
+                if progress.host != sent_to:
+                    log.warning("ignoring progress for %s sent by %s", progress.host, sent_to)
                     return
                 deadlines[progress.host] = time.monotonic() + timeout
                 result.last_progress[progress.host] = progress
@@ -83,7 +101,7 @@ async def gather_replies(
                 return
             reply = message
         except ValidationError as exc:
-            host = _host_of(msg.data)
+            host = sent_to
             if host in waiting:
                 waiting.discard(host)
                 result.malformed[host] = f"malformed reply: {exc.error_count()} error(s)"
@@ -94,6 +112,9 @@ async def gather_replies(
             return
         if reply.host not in waiting or reply.id != request_id:
             return  # late, duplicate, or not ours
+        if reply.host != sent_to:
+            log.warning("ignoring a reply for %s sent on %s's subject", reply.host, sent_to)
+            return
         waiting.discard(reply.host)
         result.replies[reply.host] = reply
         if on_reply is not None:
@@ -102,7 +123,9 @@ async def gather_replies(
             all_in.set()
 
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    sub = await nc.subscribe(
+        f"{inbox}.*", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+    )
     try:
         template = Request(
             id=request_id,
@@ -116,7 +139,7 @@ async def gather_replies(
             await nc.publish(
                 subjects.host(host, verb),
                 encode_request(template, {"host": host}, signer),
-                reply=inbox,
+                reply=f"{inbox}.{host}",
             )
         await nc.flush(timeout=max(1, int(timeout)))
         while waiting:
@@ -130,7 +153,7 @@ async def gather_replies(
                 continue
     finally:
         await sub.unsubscribe()
-    result.missing = sorted(waiting)
+    result.missing = sorted([*waiting, *result.no_responders])
     result.duration = time.monotonic() - started
     return result
 
@@ -143,12 +166,3 @@ def encode_request(
     if signer is not None:
         document = signer.sign_document(document)
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _host_of(data: bytes) -> str:
-    try:
-        value = json.loads(data)
-        host = value.get("host") if isinstance(value, dict) else None
-        return host if isinstance(host, str) else ""
-    except (ValueError, RecursionError):
-        return ""

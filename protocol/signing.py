@@ -1,10 +1,11 @@
 """Request signatures: ed25519 over a canonical JSON form of the request.
 
 The signed bytes are the request's JSON object without its ``sig`` member,
-serialised with keys sorted at every level, no insignificant whitespace,
-UTF-8 without escaping non-ASCII, and numbers as they were sent. Both sides
-compute them from the JSON object itself (not from a re-serialised model), so
-a client in another language signs exactly what the agent verifies.
+serialised with keys sorted at every level, no insignificant whitespace and
+UTF-8 without escaping non-ASCII; numbers are written as Python's ``json``
+writes the parsed value (integers as integers, other numbers in their shortest
+round-trip form, e.g. ``60.0``, ``1.5``). Both sides compute them from the JSON
+object (not from a re-serialised model); docs/security.md has a test vector.
 
 Keys are NATS nkeys: a user seed (``SU…``) signs, its public key (``U…``) is
 what agents trust.

@@ -135,6 +135,7 @@ def enroll_controller(ctx: typer.Context, name: str, out_dir: Path | None, json_
 def write_secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with a looser mode
     with os.fdopen(fd, "wb") as f:
         f.write(data + b"\n")
 
