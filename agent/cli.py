@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import AgentSettings
+from agent.health import check_health
 from agent.runtime import Agent, AgentConfigError, AgentStartError, AgentStopped
 from protocol.envelope import summarize_validation_error
 
@@ -152,11 +153,24 @@ def main_command(
         str, typer.Option("--log-level", envvar="SHOAL_LOG_LEVEL", help="debug, info, warning")
     ] = "info",
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check-health",
+            help="Exit 0 if the agent is connected and heartbeating (reads SHOAL_HEALTH_FILE, "
+            "or the health file in the state directory of --host-id); for HEALTHCHECK.",
+        ),
+    ] = False,
+    health_file: Annotated[
+        Path | None, typer.Option("--health-file", envvar="SHOAL_HEALTH_FILE", hidden=True)
+    ] = None,
 ) -> None:
     """Run the Shoal agent: serve this host's Docker engine to the fleet over NATS."""
     if version:
         typer.echo(f"shoal-agent {__version__}")
         raise typer.Exit(0)
+    if check:
+        raise typer.Exit(run_check_health(health_file, state_dir, host_id))
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         typer.echo(
             f"shoal-agent: invalid --log-level {log_level!r}: use debug, info, warning or error",
@@ -188,6 +202,7 @@ def main_command(
         "insecure": insecure or None,
         "state_dir": state_dir,
         "policy": policy,
+        "health_file": health_file,
     }
     try:
         settings = AgentSettings.from_options(options)
@@ -206,6 +221,21 @@ def main_command(
     except AgentStartError as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
+
+
+def run_check_health(health_file: Path | None, state_dir: Path | None, host_id: str | None) -> int:
+    path = health_file
+    if path is None and host_id is not None:
+        path = (
+            AgentSettings.from_options({"state_dir": state_dir}).resolved_state_dir(host_id)
+            / "health.json"
+        )
+    if path is None:
+        typer.echo("shoal-agent: --check-health needs SHOAL_HEALTH_FILE or --host-id", err=True)
+        return 2
+    healthy, why = check_health(path)
+    typer.echo(why, err=not healthy)
+    return 0 if healthy else 1
 
 
 def main() -> None:

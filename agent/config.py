@@ -131,6 +131,12 @@ class AgentSettings(BaseSettings):
         description="Policy file: what this host allows deploys to do.",
     )
 
+    health_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHOAL_HEALTH_FILE"),
+        description="Health file for --check-health (default: in the state directory).",
+    )
+
     def resolved_state_dir(self, host_id: str) -> Path:
         """The state directory for this host id (default under the user's state dir)."""
         if self.state_dir is not None:

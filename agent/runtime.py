@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from agent.deploy import Deployer, ServiceStore
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
 from agent.handlers import HANDLERS, RequestContext
+from agent.health import Health, write_health
 from agent.journal import JournalEntry, RequestJournal
 from agent.policy import Policy, PolicyError, check_image, check_service, load_policy
 from agent.prune import KeepRules
@@ -164,6 +166,7 @@ class Agent:
         self.policy = Policy.default()
         self._background: set[asyncio.Task[None]] = set()
         self._recovered = False
+        self.health_file: Path | None = None
         self.keep_rules = KeepRules(
             images=settings.prune_keep_images, containers=settings.prune_keep_containers
         )
@@ -212,6 +215,9 @@ class Agent:
         state_dir = self.settings.resolved_state_dir(self.host_id)
         self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
         self.deployer = Deployer(self, ServiceStore(state_dir / "services" if state_dir else None))
+        self.health_file = self.settings.health_file or (
+            state_dir / "health.json" if state_dir else None
+        )
         await self._recover_services()  # before taking requests
         try:
             self.journal.load(utcnow())
@@ -468,7 +474,26 @@ class Agent:
         await self._probe_engine()
         return self.facts()
 
+    def _write_health(self, status: str) -> None:
+        if self.health_file is None:
+            return
+        try:
+            write_health(
+                self.health_file,
+                Health(
+                    host_id=self.host_id,
+                    connected=self._nc is not None and self._nc.is_connected,
+                    docker_reachable=self._docker.reachable,
+                    status=status,
+                    updated_at=utcnow(),
+                    heartbeat_interval=self.settings.heartbeat_interval,
+                ),
+            )
+        except OSError as exc:
+            log.warning("cannot write the health file %s: %s", self.health_file, exc)
+
     async def _publish_heartbeat(self, status: str = "online") -> None:
+        self._write_health(status)
         if self._nc is None or self._nc.is_closed:
             return
         await self._nc.publish(

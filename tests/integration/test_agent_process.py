@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -101,3 +102,26 @@ def test_bad_configuration_exits_2_with_a_message(stack_dir: Path, extra: list[s
     assert process.process.wait(30) == 2, process.log()
     assert "Traceback" not in process.log()
     assert "invalid" in process.log().lower()
+
+
+def test_check_health_follows_the_agent(nats_server: NatsServer, stack_dir: Path) -> None:
+    health = stack_dir / f"health-{free_port()}.json"
+    process = agent(stack_dir / "edge", nats_server.url)
+    process.env = {"SHOAL_HEALTH_FILE": str(health)}
+    check = [*process.argv()[:1], "--check-health"]
+    env = {**os.environ, "SHOAL_HEALTH_FILE": str(health)}
+
+    def healthy() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            check, capture_output=True, text=True, timeout=30, env=env, check=False
+        )
+
+    assert healthy().returncode == 1  # not started
+    process.start()
+    try:
+        poll("the health check to pass", lambda: healthy().returncode == 0)
+        assert "connected" in healthy().stdout
+    finally:
+        assert process.stop() == 0
+    result = healthy()
+    assert result.returncode == 1 and "leaving" in result.stderr
