@@ -72,6 +72,7 @@ from protocol import (
     sanitize_host_id,
     utcnow,
 )
+from protocol.chunks import MAX_REPLY_BYTES, split_reply
 from protocol.connection import describe_tls_error, is_auth_error
 from protocol.envelope import (
     UNKNOWN_REQUEST_ID,
@@ -815,10 +816,17 @@ class Agent:
             return
         data = message.model_dump_json().encode()
         limit = self._nc.max_payload
+        if len(data) > limit and isinstance(message, Reply) and len(data) <= MAX_REPLY_BYTES:
+            try:
+                for headers, part in split_reply(data, limit):
+                    await self._nc.publish(reply_to, part, headers=headers)
+            except (nats.errors.Error, OSError) as error:
+                log.warning("could not send a chunked reply to %s: %s", reply_to, error)
+            return
         if len(data) > limit and isinstance(message, Reply):
             exc = PayloadTooLarge(
-                f"the reply of {len(data)} bytes exceeds the server's max payload of {limit}",
-                detail={"size": len(data), "limit": limit},
+                f"the reply of {len(data)} bytes exceeds the limit of {MAX_REPLY_BYTES} bytes",
+                detail={"size": len(data), "limit": MAX_REPLY_BYTES},
             )
             data = (
                 error_reply(

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from pydantic import Field, TypeAdapter, ValidationError
 
 from protocol import Progress, Reply, Request, Signer, Subjects, Target, new_request_id
+from protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
 
 log = logging.getLogger("shoal.controller")
 
@@ -73,6 +74,7 @@ async def gather_replies(
     all_in = asyncio.Event()
     deadlines: dict[str, float] = {h: started + timeout for h in expected}
     waiting = set(expected)
+    chunks: dict[str, Reassembly] = {}
 
     async def on_msg(msg: Msg) -> None:
         # Each host answers on its own reply subject; a message about another host is forged.
@@ -85,8 +87,27 @@ async def gather_replies(
                 if not waiting:
                     all_in.set()
             return
+        data = msg.data
+        if msg.headers and CHUNK_HEADER in msg.headers:
+            if sent_to not in waiting:
+                return
+            assembly = chunks.setdefault(sent_to, Reassembly())
+            try:
+                joined = assembly.add(msg.headers, msg.data)
+            except ChunkError as exc:
+                waiting.discard(sent_to)
+                chunks.pop(sent_to, None)
+                result.malformed[sent_to] = f"malformed chunked reply: {exc}"
+                if not waiting:
+                    all_in.set()
+                return
+            if joined is None:
+                deadlines[sent_to] = time.monotonic() + timeout  # still arriving
+                return
+            chunks.pop(sent_to, None)
+            data = joined
         try:
-            message = _INBOX_MESSAGE.validate_json(msg.data)
+            message = _INBOX_MESSAGE.validate_json(data)
             if isinstance(message, Progress):
                 progress = message
                 if progress.id != request_id or progress.host not in waiting:
