@@ -18,7 +18,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import Field, TypeAdapter, ValidationError
 
-from protocol import Progress, Reply, Request, Signer, Subjects, Target, new_request_id
+from protocol import (
+    Progress,
+    Reply,
+    Request,
+    Signer,
+    StatusResult,
+    Subjects,
+    Target,
+    new_request_id,
+)
 from protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
 
 log = logging.getLogger("shoal.controller")
@@ -43,6 +52,8 @@ class Gathered:
     no_responders: list[str] = field(default_factory=list)
     """Hosts whose subject had no subscriber when the request was sent."""
     last_progress: dict[str, Progress] = field(default_factory=dict)
+    status: dict[str, StatusResult] = field(default_factory=dict)
+    """For silent hosts that answered a follow-up ``status``: what became of the request."""
     duration: float = 0.0
 
 
@@ -59,11 +70,14 @@ async def gather_replies(
     on_progress: ProgressCallback | None = None,
     on_reply: ReplyCallback | None = None,
     signer: Signer | None = None,
+    follow_up: bool = True,
 ) -> Gathered:
     """Send ``verb`` directly to each host and wait for one final reply per host.
 
     A host that keeps sending progress keeps its request alive: its deadline
-    moves to ``timeout`` seconds after its latest progress message.
+    moves to ``timeout`` seconds after its latest progress message. Hosts still
+    silent at the end are asked (``status``) what became of the request, so a
+    slow host, a lost reply and a dead host are told apart.
     """
     expected = set(hosts)
     request_id = new_request_id()
@@ -174,9 +188,46 @@ async def gather_replies(
                 continue
     finally:
         await sub.unsubscribe()
+    if waiting and follow_up:
+        await _ask_status(nc, subjects, result, waiting, timeout, sender, signer)
     result.missing = sorted([*waiting, *result.no_responders])
     result.duration = time.monotonic() - started
     return result
+
+
+STATUS_WAIT = 3.0
+
+
+async def _ask_status(
+    nc: NATS,
+    subjects: Subjects,
+    result: Gathered,
+    silent: set[str],
+    timeout: float,
+    sender: str,
+    signer: Signer | None,
+) -> None:
+    """Ask silent hosts about the request: still running, finished, or never seen."""
+    asked = await gather_replies(
+        nc,
+        subjects,
+        "status",
+        {"request_id": result.request_id},
+        sorted(silent),
+        timeout=min(timeout, STATUS_WAIT),
+        sender=sender,
+        signer=signer,
+        follow_up=False,
+    )
+    for host, reply in asked.replies.items():
+        if not reply.ok or reply.result is None:
+            continue
+        try:
+            status = StatusResult.model_validate(reply.result)
+        except ValidationError:
+            continue
+        if status.request_id == result.request_id:
+            result.status[host] = status
 
 
 def encode_request(

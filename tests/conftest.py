@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
+
+# Under CI, property tests are deterministic: a red CI must be reproducible.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 from tests.stack import (
     BUSYBOX_IMAGE,

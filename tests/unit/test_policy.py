@@ -517,12 +517,13 @@ def test_canonical_host_path() -> None:
 SEGMENT = st.sampled_from(["srv", "app", "data", "etc", "..", ".", "", "srvx", "x"])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(st.lists(SEGMENT, min_size=1, max_size=8))
 def test_dotdot_escaping_the_allowed_prefix_is_always_denied(segments: list[str]) -> None:
     source = "/" + "/".join(segments)
     pol = policy(bind_mounts=["/srv/app/*"])
-    lexical = posixpath.normpath(source)
+    # POSIX normpath keeps exactly two leading slashes; the policy treats them as one.
+    lexical = "/" + posixpath.normpath(source).lstrip("/")
     escapes = not lexical.startswith("/srv/app/")
     if ".." in segments or escapes:
         exc = denied(pol, spec(volumes=(bind(source),)))
@@ -531,7 +532,7 @@ def test_dotdot_escaping_the_allowed_prefix_is_always_denied(segments: list[str]
         check_service(pol, spec(volumes=(bind(source),)))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.text(min_size=1, max_size=40))
 def test_any_allowed_bind_is_under_the_prefix(source: str) -> None:
     pol = policy(bind_mounts=["/srv/app/*"])
