@@ -20,11 +20,6 @@ from typing import NoReturn
 import pytest
 from hypothesis import settings
 
-# Under CI, property tests are deterministic: a red CI must be reproducible.
-settings.register_profile("ci", derandomize=True, database=None)
-if os.environ.get("CI") == "true":
-    settings.load_profile("ci")
-
 from tests.stack import (
     BUSYBOX_IMAGE,
     TEST_LABEL,
@@ -41,6 +36,11 @@ from tests.stack import (
     short_tempdir,
     start_all,
 )
+
+# Under CI, property tests are deterministic: a red CI must be reproducible.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 ENGINE_NAMES = ("host-a", "host-b", "host-c")
 
