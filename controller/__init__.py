@@ -8,8 +8,24 @@ from controller.errors import (
     RegistryUnavailable,
 )
 from controller.fleet import Fleet
+from controller.locks import LockHeld, LockLost, ServiceLock
 from controller.registry import AgentRecord
 from controller.result import ExitCode, FleetResult
+from controller.rollout import (
+    HostFinished,
+    HostProgress,
+    InvalidParallelism,
+    RollbackStarted,
+    RolloutEvent,
+    RolloutFinished,
+    RolloutReport,
+    RolloutStarted,
+    WaveFinished,
+    WaveStarted,
+    collect_rollout,
+    plan_waves,
+    rollout_exit_code,
+)
 from controller.targeting import Limit, Targets, resolve_targets
 
 __all__ = [
@@ -19,11 +35,27 @@ __all__ = [
     "Fleet",
     "FleetError",
     "FleetResult",
+    "HostFinished",
+    "HostProgress",
     "InvalidLimit",
+    "InvalidParallelism",
     "Limit",
+    "LockHeld",
+    "LockLost",
     "NotConnected",
     "RegistryUnavailable",
+    "RollbackStarted",
+    "RolloutEvent",
+    "RolloutFinished",
+    "RolloutReport",
+    "RolloutStarted",
+    "ServiceLock",
     "Targets",
+    "WaveFinished",
+    "WaveStarted",
+    "collect_rollout",
+    "plan_waves",
     "resolve_targets",
+    "rollout_exit_code",
 ]
 __version__ = "0.1.0"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import socket
 import time
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,8 +20,10 @@ from pydantic import BaseModel, ValidationError
 from controller.audit import AuditStream
 from controller.errors import NotConnected, RegistryUnavailable
 from controller.gather import ProgressCallback, ReplyCallback, encode_request, gather_replies
+from controller.locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from controller.registry import AgentRecord, Registry, is_online
 from controller.result import FleetResult
+from controller.rollout import RolloutEvent, deploy_rollout, rollback_rollout
 from controller.targeting import Limit, Targets, resolve_targets
 from controller.transport import connect
 from protocol import (
@@ -35,9 +39,17 @@ from protocol import (
     PruneResult,
     PsArgs,
     PsResult,
+    PullArgs,
+    PullResult,
+    RemoveArgs,
+    RemoveResult,
     Reply,
     Request,
+    RolloutConfig,
     Selector,
+    ServicesArgs,
+    ServiceSpec,
+    ServicesResult,
     Signer,
     Subjects,
     Target,
@@ -314,4 +326,138 @@ class Fleet:
             timeout=timeout,
             on_progress=on_progress,
             on_reply=on_reply,
+        )
+
+    # --- services and rollouts ---------------------------------------------------------
+
+    def service_lock(self, service: str) -> ServiceLock:
+        """The fleet-wide lock of ``service`` (``async with``); see :mod:`controller.locks`."""
+        return ServiceLock(
+            self.nc.jetstream(timeout=LOCK_TIMEOUT),
+            service,
+            holder=f"{self.sender} (pid {os.getpid()})",
+            bucket=lock_bucket_name(self.subjects),
+        )
+
+    def deploy(
+        self,
+        spec: ServiceSpec,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        config: RolloutConfig | None = None,
+        rollback_config: RolloutConfig | None = None,
+        canary: int = 0,
+        timeout: float | None = None,
+        health_timeout: float = 300.0,
+        dry_run: bool = False,
+    ) -> AsyncGenerator[RolloutEvent, None]:
+        """Roll ``spec`` out to the targeted hosts in waves; iterate the events.
+
+        ``config`` is the compose file's ``update_config`` (parallelism, delay, monitor,
+        max failure ratio, failure action, order); ``rollback_config`` (default:
+        ``config``) paces an automatic rollback. ``canary`` hosts go first, alone.
+        ``timeout`` is how long a host may stay silent (each progress message restarts
+        it; the monitor window is added) [default 60s]. With ``dry_run`` every host
+        reports what it would do, in one request, and nothing changes.
+
+        The fleet-wide lock of the service is held for the whole rollout (not for a dry
+        run). To stop between waves, stop iterating: closing the generator (``break``
+        inside ``async with contextlib.aclosing(fleet.deploy(...)) as events``) sends
+        nothing more, waits for the wave already sent, and releases the lock.
+        """
+        return deploy_rollout(
+            self,
+            spec,
+            selector=selector,
+            limit=limit,
+            config=config,
+            rollback_config=rollback_config,
+            canary=canary,
+            timeout=timeout,
+            health_timeout=health_timeout,
+            dry_run=dry_run,
+        )
+
+    def rollback(
+        self,
+        service: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        config: RolloutConfig | None = None,
+        canary: int = 0,
+        timeout: float | None = None,
+        health_timeout: float = 300.0,
+    ) -> AsyncGenerator[RolloutEvent, None]:
+        """Put the targeted hosts back on their previous revision of ``service``, in waves.
+
+        Same waves, lock and stopping as :meth:`deploy`; a ``rollback`` failure action
+        pauses (a rollback is not rolled back). A host without a previous revision
+        fails with ``not_found``.
+        """
+        return rollback_rollout(
+            self,
+            service,
+            selector=selector,
+            limit=limit,
+            config=config,
+            canary=canary,
+            timeout=timeout,
+            health_timeout=health_timeout,
+        )
+
+    async def services(
+        self,
+        service: str | None = None,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[ServicesResult]:
+        """The services deployed on every targeted host (or only ``service``)."""
+        return await self.request(
+            Verb.SERVICES,
+            ServicesArgs(service=service),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+        )
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_reply: ReplyCallback | None = None,
+    ) -> FleetResult[PullResult]:
+        """Pull ``image`` on every targeted host (progress phase ``pulling``, in bytes)."""
+        return await self.request(
+            Verb.PULL,
+            PullArgs(image=image),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_reply=on_reply,
+        )
+
+    async def remove_service(
+        self,
+        service: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[RemoveResult]:
+        """Remove ``service`` (its containers) from every targeted host, all at once."""
+        return await self.request(
+            Verb.REMOVE,
+            RemoveArgs(service=service),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
         )

@@ -158,9 +158,7 @@ async def gather_replies(
             all_in.set()
 
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(
-        f"{inbox}.*", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
-    )
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
     try:
         template = Request(
             id=request_id,

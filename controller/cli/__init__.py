@@ -22,6 +22,7 @@ from controller.cli.common import (
     print_json,
     run,
 )
+from controller.cli.deploy import deploy, pull, rollback, services
 from controller.cli.disk import df, prune
 from controller.cli.ps import ps
 from controller.cli.up import up
@@ -120,6 +121,10 @@ app.command(rich_help_panel="Fleet")(ps)
 app.add_typer(agents_cmd.app, name="agents", rich_help_panel="Fleet")
 app.command(rich_help_panel="Disk")(df)
 app.command(rich_help_panel="Disk")(prune)
+app.command(rich_help_panel="Deploy")(deploy)
+app.command(rich_help_panel="Deploy")(rollback)
+app.command(rich_help_panel="Deploy")(services)
+app.command(rich_help_panel="Deploy")(pull)
 app.command(rich_help_panel="Set-up")(up)
 app.add_typer(keys_cmd.app, name="keys", rich_help_panel="Security")
 app.command(rich_help_panel="Security")(security_cmd.enroll)
