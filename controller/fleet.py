@@ -19,7 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from controller.audit import AuditStream
 from controller.errors import NotConnected, RegistryUnavailable
-from controller.gather import ProgressCallback, ReplyCallback, encode_request, gather_replies
+from controller.gather import (
+    Gathered,
+    ProgressCallback,
+    ReplyCallback,
+    encode_request,
+    gather_replies,
+)
 from controller.locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from controller.registry import AgentRecord, Registry, is_online
 from controller.result import FleetResult
@@ -231,45 +237,69 @@ class Fleet:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_reply: ReplyCallback | None = None,
+        retries: int = 0,
     ) -> FleetResult[Any]:
-        """Send ``verb`` to every targeted host and gather one answer per host."""
+        """Send ``verb`` to every targeted host and gather one answer per host.
+
+        ``retries`` resends a verb that changes nothing to the hosts that stayed
+        silent, each time with a new request id. A verb that changes something is
+        never resent: silent hosts are asked for the request's ``status`` instead.
+        """
         spec = VERBS[verb]
         started = time.monotonic()
         targets = await self.resolve(selector, limit)
         wait = self.timeout if timeout is None else timeout
-        gathered = await gather_replies(
-            self.nc,
-            self.subjects,
-            verb,
-            args.model_dump(mode="json"),
-            targets.online,
-            timeout=wait,
-            sender=self.sender,
-            on_progress=on_progress,
-            on_reply=on_reply,
-            signer=self.signer,
-        )
-        result: FleetResult[Any] = FleetResult(
-            verb=str(verb), request_id=gathered.request_id, targeted=targets.all
-        )
+        result: FleetResult[Any] = FleetResult(verb=str(verb), request_id="", targeted=targets.all)
+        pending = list(targets.online)
+        attempts = 1 + (max(0, retries) if not spec.mutating else 0)
+        gathered = None
+        for _ in range(attempts):
+            gathered = await gather_replies(
+                self.nc,
+                self.subjects,
+                verb,
+                args.model_dump(mode="json"),
+                pending,
+                timeout=wait,
+                sender=self.sender,
+                on_progress=on_progress,
+                on_reply=on_reply,
+                signer=self.signer,
+            )
+            result.request_id = result.request_id or gathered.request_id
+            self._collect(result, gathered, spec.result)
+            pending = [h for h in gathered.missing if h not in gathered.no_responders]
+            if not pending:
+                break
+        assert gathered is not None or not targets.online
+        if gathered is not None:
+            result.running = sorted(h for h, st in gathered.status.items() if st.state == "running")
+            result.unreported = {
+                h: st for h, st in gathered.status.items() if st.state != "running"
+            }
+            result.missing = sorted([*gathered.missing, *targets.offline])
+        else:
+            result.missing = sorted(targets.offline)
+        result.offline = list(targets.offline)
+        result.duration = time.monotonic() - started
+        return result
+
+    @staticmethod
+    def _collect(result: FleetResult[Any], gathered: Gathered, model: type[BaseModel]) -> None:
         for host, reply in gathered.replies.items():
             if not reply.ok:
                 assert reply.error is not None
                 result.errors[host] = reply.error
                 continue
             try:
-                result.replies[host] = spec.result.model_validate(reply.result or {})
+                result.replies[host] = model.model_validate(reply.result or {})
             except ValidationError as exc:
                 result.errors[host] = ErrorInfo(
                     code=ErrorCode.INVALID_REPLY,
-                    message=f"the host's {verb} result is malformed ({exc.error_count()} errors)",
+                    message=f"the host's result is malformed ({exc.error_count()} errors)",
                 )
         for host, message in gathered.malformed.items():
             result.errors[host] = ErrorInfo(code=ErrorCode.INVALID_REPLY, message=message)
-        result.missing = sorted([*gathered.missing, *targets.offline])
-        result.offline = list(targets.offline)
-        result.duration = time.monotonic() - started
-        return result
 
     async def ping(
         self,
@@ -289,10 +319,16 @@ class Fleet:
         selector: Selector | None = None,
         limit: Limit | None = None,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> FleetResult[PsResult]:
         """Containers on every targeted host."""
         return await self.request(
-            Verb.PS, args or PsArgs(), selector=selector, limit=limit, timeout=timeout
+            Verb.PS,
+            args or PsArgs(),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            retries=retries,
         )
 
     async def df(
@@ -301,10 +337,11 @@ class Fleet:
         selector: Selector | None = None,
         limit: Limit | None = None,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> FleetResult[DfResult]:
         """Disk usage per kind on every targeted host."""
         return await self.request(
-            Verb.DF, DfArgs(), selector=selector, limit=limit, timeout=timeout
+            Verb.DF, DfArgs(), selector=selector, limit=limit, timeout=timeout, retries=retries
         )
 
     async def prune(

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from protocol import ErrorInfo
+from protocol import ErrorInfo, StatusResult
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -39,6 +39,10 @@ class FleetResult(Generic[R]):
     missing: list[str] = field(default_factory=list)
     offline: list[str] = field(default_factory=list)
     """Hosts of ``missing`` known offline before sending (nothing was sent to them)."""
+    running: list[str] = field(default_factory=list)
+    """Hosts of ``missing`` that said (when asked) they were still running the request."""
+    unreported: dict[str, StatusResult] = field(default_factory=dict)
+    """Hosts of ``missing`` that finished the request but whose reply was lost."""
     duration: float = 0.0
 
     @property
@@ -68,6 +72,10 @@ class FleetResult(Generic[R]):
             },
             "missing": list(self.missing),
             "offline": list(self.offline),
+            "running": list(self.running),
+            "unreported": {
+                h: st.model_dump(mode="json") for h, st in sorted(self.unreported.items())
+            },
             "duration": round(self.duration, 4),
             "exit_code": int(self.exit_code),
         }

@@ -107,6 +107,15 @@ LabelsOpt = Annotated[
         "(repeatable; repeats narrow the match).",
     ),
 ]
+RetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        min=0,
+        max=10,
+        help="Ask hosts that stayed silent again (with a new request id) up to N times.",
+    ),
+]
 LimitOpt = Annotated[
     str | None,
     typer.Option("--limit", metavar="N|N%", help="Only a random subset of the matched hosts."),
@@ -247,7 +256,16 @@ def render_footer(result: FleetResult[Any]) -> None:
     for host, error in sorted(result.errors.items()):
         err.print(f"[red]error[/red] {host}: {error.code}: {error.message}")
     for host in result.missing:
-        reason = "offline" if host in result.offline else "no answer"
+        if host in result.offline:
+            reason = "offline"
+        elif host in result.running:
+            reason = "timed out while running (it is still working on it)"
+        elif host in result.unreported:
+            st = result.unreported[host]
+            outcome = "ok" if st.ok else f"failed: {st.error_code}"
+            reason = f"finished ({outcome}) but its reply was lost"
+        else:
+            reason = "no answer"
         err.print(f"[yellow]missing[/yellow] {host}: {reason}")
 
 

@@ -14,6 +14,7 @@ from controller.cli.common import (
     JsonOpt,
     LabelsOpt,
     LimitOpt,
+    RetriesOpt,
     ServerOpt,
     TimeoutOpt,
     build_limit,
@@ -107,6 +108,7 @@ def df(
     limit: LimitOpt = None,
     server: ServerOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    retries: RetriesOpt = 0,
     json_: JsonOpt = False,
 ) -> None:
     """Disk usage per host and for the fleet: images, containers, volumes, build cache."""
@@ -116,7 +118,7 @@ def df(
 
     async def work() -> FleetResult[DfResult]:
         async with fleet:
-            return await fleet.df(selector=target, limit=sample)
+            return await fleet.df(selector=target, limit=sample, retries=retries)
 
     result = run(work())
     if json_:

@@ -13,6 +13,7 @@ from controller.cli.common import (
     JsonOpt,
     LabelsOpt,
     LimitOpt,
+    RetriesOpt,
     ServerOpt,
     TimeoutOpt,
     ago,
@@ -98,6 +99,7 @@ def ps(
     ] = None,
     server: ServerOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    retries: RetriesOpt = 0,
     json_: JsonOpt = False,
 ) -> None:
     """List containers on every targeted host, in one table."""
@@ -109,7 +111,8 @@ def ps(
     async def work() -> FleetResult[PsResult]:
         async with fleet:
             return await with_progress(
-                "asking the fleet…", lambda: fleet.ps(args, selector=target, limit=sample)
+                "asking the fleet…",
+                lambda: fleet.ps(args, selector=target, limit=sample, retries=retries),
             )
 
     result = run(work())
