@@ -43,8 +43,9 @@ async def test_a_host_still_working_is_reported_as_running_not_silent(
             assert retried.missing == ["slow-host"] and retried.running == ["slow-host"]
             assert engine.calls.count("list_containers") >= 3  # 1 + 1 + the retry
             engine.release()
-            again = await fleet.ps(PsArgs(), retries=2)
-            assert again.ok and [c.name for c in again.replies["slow-host"].containers] == ["web-1"]
+            again = await fleet.ps(PsArgs(), retries=2, timeout=15)
+            assert again.ok, (again.errors, again.missing, again.running)
+            assert [c.name for c in again.replies["slow-host"].containers] == ["web-1"]
     finally:
         engine.release()
         await agent.stop()
