@@ -1,0 +1,396 @@
+"""The shipped NATS topologies (compose/nats/cluster, compose/nats/leaf) on real servers.
+
+Each test starts its own nats-servers from the shipped configuration files, with
+only the addresses, ports and store paths rewritten for this machine, and real
+``shoal-agent`` processes whose Docker engine does not exist: their
+``docker_unavailable`` answer to ``shoal ps`` proves the request reached them and
+the reply came back. No Docker engine is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from controller.enroll import controller_user, enroll_host, render_users_conf
+from protocol import Role, Subjects
+from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
+from tests.integration.conftest import Keys
+from tests.stack import NatsServer, free_port, remove_tree, short_tempdir, start_all
+
+pytestmark = pytest.mark.nats
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "compose/nats/cluster"
+LEAF = ROOT / "compose/nats/leaf"
+NO_DOCKER = "unix:///nonexistent.sock"
+DEADLINE = 30.0
+
+T = TypeVar("T")
+
+
+def poll_for(what: str, probe: Callable[[], T | None], deadline: float = DEADLINE) -> T:
+    """Call ``probe`` until it returns something other than None, and return that."""
+    end = time.monotonic() + deadline
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def rewrite(text: str, old: str, new: str, *, count: int = 1) -> str:
+    """Replace ``old`` on the configuration's active (uncommented) lines only.
+
+    Fails when ``old`` does not occur exactly ``count`` times there, so that a
+    change of the shipped file's shape shows up here instead of being ignored.
+    """
+    lines = text.splitlines(keepends=True)
+    found = 0
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith("#") or old not in line:
+            continue
+        found += line.count(old)
+        lines[index] = line.replace(old, new)
+    assert found == count, f"expected {count} active occurrence(s) of {old!r}, found {found}"
+    return "".join(lines)
+
+
+def local(text: str) -> str:
+    """Bind every listener of a shipped config to loopback (the client and
+    monitoring ports are set again by NatsServer's command line)."""
+    return re.sub(r"(?m)^(\s*(?:listen|http):\s*)0\.0\.0\.0:", r"\g<1>127.0.0.1:", text)
+
+
+def monitor(server: NatsServer, endpoint: str) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{server.monitor_port}/{endpoint}"
+    with urllib.request.urlopen(url, timeout=2.0) as response:
+        doc: dict[str, Any] = json.load(response)
+        return doc
+
+
+def client_names(server: NatsServer) -> set[str]:
+    """Names of the clients connected to ``server`` right now."""
+    if not server.running:
+        return set()
+    return {c.get("name", "") for c in monitor(server, "connz?limit=1024")["connections"]}
+
+
+def server_of(host_id: str, servers: list[NatsServer]) -> NatsServer | None:
+    """The server the agent for ``host_id`` is connected to."""
+    for server in servers:
+        if f"shoal-agent:{host_id}" in client_names(server):
+            return server
+    return None
+
+
+class FleetAgent(AgentProcess):
+    """An agent given several NATS URLs (``--server a,b,c``); ready-pings go to the first."""
+
+    def __init__(self, workdir: Path, *, servers: list[str], host_id: str, trust: Path) -> None:
+        super().__init__(
+            workdir, server=servers[0], host_id=host_id, docker_host=NO_DOCKER, trust=trust
+        )
+        self.servers = servers
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        argv[argv.index("--server") + 1] = ",".join(self.servers)
+        return argv
+
+
+def ps_reaches(server: NatsServer, hosts: list[str]) -> CliResult | None:
+    """``shoal ps --json`` through ``server``; the result when every host answered
+    (with docker_unavailable, since their engines do not exist), else None."""
+    result = run_shoal("ps", "--json", "--timeout", "5", server=server.url)
+    if result.code not in (1, 4) or not result.stdout.strip():
+        return None
+    doc = result.json()
+    codes = {host: error["code"] for host, error in doc["errors"].items()}
+    if doc["missing"] or codes != dict.fromkeys(hosts, "docker_unavailable"):
+        return None
+    return result
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = short_tempdir("shoal-topo-")
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def cluster_configs(workdir: Path) -> dict[str, str]:
+    """n1.conf, n2.conf and n3.conf as shipped, on loopback with free route ports."""
+    names = ("n1", "n2", "n3")
+    route_ports = {name: free_port() for name in names}
+    configs = {}
+    for name in names:
+        text = local((CLUSTER / f"{name}.conf").read_text())
+        text = rewrite(text, "store_dir: /data/jetstream", f"store_dir: {workdir / name / 'js'}")
+        # The cluster block's listen is the one on port 6222.
+        text = rewrite(text, "127.0.0.1:6222", f"127.0.0.1:{route_ports[name]}")
+        for peer in names:
+            text = rewrite(
+                text, f"nats-route://{peer}:6222", f"nats-route://127.0.0.1:{route_ports[peer]}"
+            )
+        configs[name] = text
+    return configs
+
+
+def test_cluster_routes_requests_and_agents_fail_over(workdir: Path, keys: Keys) -> None:
+    configs = cluster_configs(workdir)
+    # jetstream=False: JetStream and its store come from the shipped config itself.
+    servers = [
+        NatsServer(workdir / name, jetstream=False, config=config)
+        for name, config in configs.items()
+    ]
+    agents: list[FleetAgent] = []
+    try:
+        start_all(servers)
+        for server in servers:
+            poll(
+                f"{server.workdir.name} routed to both peers",
+                lambda s=server: s.running and monitor(s, "routez")["num_routes"] >= 2,
+                DEADLINE,
+            )
+        urls = [server.url for server in servers]
+
+        # The registry with three replicas, as docs/deploy-agents.md says; retried
+        # while the servers elect their JetStream meta leader.
+        poll(
+            "shoal init --replicas 3",
+            lambda: run_shoal("init", "--replicas", "3", server=urls[0]).code == 0,
+            DEADLINE,
+        )
+
+        # cluster-a has every URL. cluster-b has the two URLs of the servers that
+        # cluster-a is not on (and learns the third from the cluster), so the two
+        # agents end up on different servers; the controller uses the third one.
+        agent_a = FleetAgent(
+            workdir / "agent-a", servers=urls, host_id="cluster-a", trust=keys.trust
+        )
+        agents.append(agent_a)
+        agent_a.start()
+        home_a = server_of("cluster-a", servers)
+        assert home_a is not None
+        others = [server for server in servers if server is not home_a]
+        agent_b = FleetAgent(
+            workdir / "agent-b",
+            servers=[server.url for server in others],
+            host_id="cluster-b",
+            trust=keys.trust,
+        )
+        agents.append(agent_b)
+        agent_b.start()
+        home_b = server_of("cluster-b", servers)
+        assert home_b is not None and home_b is not home_a
+        (third,) = [server for server in servers if server not in (home_a, home_b)]
+
+        hosts = ["cluster-a", "cluster-b"]
+        doc = poll_for(
+            "shoal ps through the third server to reach both agents",
+            lambda: ps_reaches(third, hosts),
+        ).json()
+        assert doc["targeted"] == hosts and doc["replies"] == {} and doc["missing"] == []
+
+        # Stop cluster-a's server: the agent reconnects to another one and answers
+        # again, through the same third server.
+        home_a.stop()
+        poll(
+            "cluster-a reconnected to another server",
+            lambda: server_of("cluster-a", servers) not in (None, home_a),
+            DEADLINE,
+        )
+        poll_for(
+            "shoal ps to reach both agents after a server stopped",
+            lambda: ps_reaches(third, hosts),
+        )
+        listed = run_shoal("agents", "--json", server=third.url)
+        assert listed.code == 0, listed.stderr
+        states = {a["host_id"]: a["state"] for a in listed.json()["agents"]}
+        assert states == dict.fromkeys(hosts, "online")
+    finally:
+        for agent in agents:
+            agent.stop()
+        for server in servers:
+            server.cleanup()
+
+
+# --------------------------------------------------------------------------- leaf node
+
+
+def leaf_configs(workdir: Path) -> tuple[str, str]:
+    """hub.conf and leaf.conf as shipped, with the leaf dialling the hub on loopback."""
+    leaf_port = free_port()
+    hub = local((LEAF / "hub.conf").read_text())
+    hub = rewrite(hub, "store_dir: /data/jetstream", f"store_dir: {workdir / 'hub' / 'js'}")
+    hub = rewrite(hub, "127.0.0.1:7422", f"127.0.0.1:{leaf_port}")
+    leaf = local((LEAF / "leaf.conf").read_text())
+    leaf = rewrite(leaf, "nats-leaf://hub.example.com:7422", f"nats-leaf://127.0.0.1:{leaf_port}")
+    assert "jetstream" not in "".join(
+        line for line in leaf.splitlines() if not line.lstrip().startswith("#")
+    ), "the leaf runs without JetStream"
+    return hub, leaf
+
+
+def test_agent_behind_a_leaf_node_is_registered_and_answers_on_the_hub(
+    workdir: Path, keys: Keys
+) -> None:
+    hub_config, leaf_config = leaf_configs(workdir)
+    hub = NatsServer(workdir / "hub", jetstream=False, config=hub_config)  # JetStream: in hub.conf
+    leaf = NatsServer(workdir / "leaf", jetstream=False, config=leaf_config)
+    agent = AgentProcess(
+        workdir / "agent",
+        server=leaf.url,
+        host_id="edge-board",
+        docker_host=NO_DOCKER,
+        labels={"site": "kitchen"},
+        trust=keys.trust,
+    )
+    try:
+        hub.start()
+        leaf.start()
+        poll(
+            "the leaf connected to the hub",
+            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            DEADLINE,
+        )
+        assert run_shoal("init", server=hub.url).code == 0
+
+        agent.start()  # its ready-ping goes through the leaf
+        assert server_of("edge-board", [hub, leaf]) is leaf
+
+        # The registry stream on the hub captures the heartbeats published at the leaf.
+        listed: list[dict[str, Any]] = []
+
+        def registered() -> bool:
+            result = run_shoal("agents", "--json", server=hub.url)
+            listed[:] = result.json()["agents"] if result.code == 0 else []
+            return [a["host_id"] for a in listed] == ["edge-board"]
+
+        poll("edge-board in the hub's registry", registered, DEADLINE)
+        assert listed[0]["state"] == "online"
+        assert listed[0]["facts"]["labels"] == {"site": "kitchen"}
+
+        # Requests from a controller on the hub reach the agent on the leaf.
+        result = run_shoal("ps", "-l", "site=kitchen", "--json", server=hub.url)
+        assert result.code == 1, result.stderr
+        doc = result.json()
+        assert doc["targeted"] == ["edge-board"] and doc["missing"] == []
+        assert doc["errors"]["edge-board"]["code"] == "docker_unavailable"
+    finally:
+        agent.stop()
+        leaf.cleanup()
+        hub.cleanup()
+
+
+def write_secret(path: Path, seed: bytes) -> Path:
+    path.write_bytes(seed)
+    path.chmod(0o600)
+    return path
+
+
+def uncomment_line(text: str, line: str) -> str:
+    """Uncomment the one commented line ``# <line>``."""
+    commented = f"# {line}\n"
+    assert text.count(commented) == 1, f"expected one commented line {line!r}"
+    return text.replace(commented, f"{line}\n")
+
+
+def commented_site_user(hub_conf: str) -> str:
+    """The example site user in hub.conf's comments, uncommented."""
+    lines = hub_conf.splitlines()
+    first = lines.index("  #   {")
+    last = lines.index("  #   }", first)
+    return "\n".join(line.removeprefix("  #   ") for line in lines[first : last + 1])
+
+
+def test_leaf_with_the_commented_authorization_and_enrolled_users(
+    workdir: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Authentication as the shipped comments describe: hub.conf's example site user
+    and a 'shoal enroll --controller' user in the hub's users.conf, the site user in
+    leaf.conf's remote URL, and a 'shoal enroll' agent user in the leaf's users.conf.
+    Heartbeats, requests and replies still cross, and the agent sees no violation."""
+    password = f"pw-{free_port()}"
+    monkeypatch.setenv("SITE_KITCHEN_PASSWORD", password)  # hub.conf reads it
+    hub_config, leaf_config = leaf_configs(workdir)
+    hub_config = uncomment_line(hub_config, "include ./users.conf")
+    leaf_port = re.search(r"nats-leaf://127\.0\.0\.1:(\d+)", leaf_config)
+    assert leaf_port is not None
+    leaf_config = rewrite(
+        leaf_config,
+        f"nats-leaf://127.0.0.1:{leaf_port[1]}",
+        f"nats-leaf://site-kitchen:{password}@127.0.0.1:{leaf_port[1]}",
+    )
+    leaf_config = uncomment_line(leaf_config, "include ./users.conf")
+
+    # What 'shoal enroll edge-board' and 'shoal enroll --controller ops' produce.
+    agent_user = enroll_host(
+        Subjects(), "edge-board", [("admin", keys.admin.signer.public_key, Role.ADMIN)]
+    )
+    _, controller_seed, controller_entry = controller_user(Subjects(), "ops")
+    secrets = workdir / "secrets"
+    secrets.mkdir()
+    agent_seed = write_secret(secrets / "agent.nk", agent_user.nats_seed)
+    controller_nk = write_secret(secrets / "controller.nk", controller_seed)
+    # include ./users.conf is relative to the config file, which NatsServer writes
+    # into its working directory.
+    hub_users = [controller_entry, commented_site_user(hub_config)]
+    for name, entries in (("hub", hub_users), ("leaf", [agent_user.nats_user])):
+        (workdir / name).mkdir()
+        (workdir / name / "users.conf").write_text(render_users_conf(entries))
+
+    hub = NatsServer(workdir / "hub", jetstream=False, config=hub_config)
+    leaf = NatsServer(workdir / "leaf", jetstream=False, config=leaf_config)
+    agent = AgentProcess(
+        workdir / "agent",
+        server=leaf.url,
+        host_id="edge-board",
+        docker_host=NO_DOCKER,
+        trust=keys.trust,
+        extra=["--nkey", str(agent_seed)],
+    )
+    nkey = ("--nkey", str(controller_nk))
+    try:
+        hub.start()
+        leaf.start()
+        poll(
+            "the leaf authenticated to the hub",
+            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            DEADLINE,
+        )
+        assert run_shoal(*nkey, "init", server=hub.url).code == 0
+        agent.start(wait=False)
+
+        def answered() -> dict[str, Any] | None:
+            result = run_shoal(*nkey, "ps", "--json", "--timeout", "3", server=hub.url)
+            if result.code != 1:
+                return None
+            doc: dict[str, Any] = result.json()
+            return doc if "edge-board" in doc["errors"] else None
+
+        doc = poll_for("the agent on the leaf to answer the controller on the hub", answered)
+        assert doc["errors"]["edge-board"]["code"] == "docker_unavailable"
+        listed = run_shoal(*nkey, "agents", "--json", server=hub.url)
+        assert [a["host_id"] for a in listed.json()["agents"]] == ["edge-board"]
+    finally:
+        code = agent.stop()
+        leaf.cleanup()
+        hub.cleanup()
+    assert code == 0, agent.log()
+    assert "Permissions Violation" not in agent.log()
