@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
 from controller.cli.common import (
     HostsOpt,
@@ -21,8 +20,8 @@ from controller.cli.common import (
     build_selector,
     finish,
     make_fleet,
-    out,
     print_json,
+    print_rows,
     render_footer,
     run,
     usage_error,
@@ -58,26 +57,25 @@ def _command(command: str, width: int = 22) -> str:
     return f'"{shown}"'
 
 
+PS_COLUMNS = ("HOST", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
+
+
 def render_ps(result: FleetResult[PsResult]) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("NAMES", no_wrap=True)
-    rows = 0
-    for host, reply in sorted(result.replies.items()):
-        for c in sorted(reply.containers, key=lambda c: c.created, reverse=True):
-            rows += 1
-            table.add_row(
-                host,
-                c.id[:12],
-                c.image,
-                _command(c.command),
-                ago(c.created),
-                c.status,
-                ", ".join(str(p) for p in c.ports),
-                c.name,
-            )
-    out.print(table)
+    rows = [
+        (
+            host,
+            c.id[:12],
+            c.image,
+            _command(c.command),
+            ago(c.created),
+            c.status,
+            ", ".join(str(p) for p in c.ports),
+            c.name,
+        )
+        for host, reply in sorted(result.replies.items())
+        for c in sorted(reply.containers, key=lambda c: c.created, reverse=True)
+    ]
+    print_rows(PS_COLUMNS, rows)
 
 
 def ps(
