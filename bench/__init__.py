@@ -1,0 +1,1 @@
+"""Shoal's benchmark suite: ``python -m bench`` (see docs/benchmarks.md)."""
