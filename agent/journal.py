@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +35,17 @@ class JournalEntry:
     message: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        for key in ("expires", "started_at", "finished_at"):
-            if doc[key] is not None:
-                doc[key] = doc[key].isoformat()
-        return doc
+        return {
+            "id": self.id,
+            "verb": self.verb,
+            "expires": self.expires.isoformat(),
+            "state": self.state,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "ok": self.ok,
+            "code": self.code,
+            "message": self.message,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JournalEntry:

@@ -29,6 +29,7 @@ from protocol import (
     new_request_id,
 )
 from protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
+from protocol.signing import canonical_bytes
 
 log = logging.getLogger("shoal.controller")
 
@@ -168,10 +169,11 @@ async def gather_replies(
             target=Target(host="placeholder"),
             **({"ttl": ttl} if ttl is not None else {}),
         ).model_dump(mode="json", exclude={"sig"})
+        encoder = RequestEncoder(template, signer)
         for host in sorted(expected):
             await nc.publish(
                 subjects.host(host, verb),
-                encode_request(template, {"host": host}, signer),
+                encoder.encode({"host": host}),
                 reply=f"{inbox}.{host}",
             )
         await nc.flush(timeout=max(1, int(timeout)))
@@ -232,7 +234,32 @@ def encode_request(
     template: dict[str, Any], target: dict[str, Any], signer: Signer | None
 ) -> bytes:
     """The wire bytes of a request for one target, signed when a signer is given."""
-    document = {**template, "target": target}
-    if signer is not None:
-        document = signer.sign_document(document)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return RequestEncoder(template, signer).encode(target)
+
+
+class RequestEncoder:
+    """Wire bytes of one request for many targets, serialising the common part once.
+
+    The wire form is the canonical form (keys sorted, compact) with ``sig`` added at
+    the end, so the signed bytes are a prefix of what is sent.
+    """
+
+    _MARK = "\x00target\x00"
+
+    def __init__(self, template: dict[str, Any], signer: Signer | None) -> None:
+        self.signer = signer
+        canonical = canonical_bytes({**template, "target": self._MARK}).decode()
+        # rpartition: only ttl, v and verb sort after "target", and they hold no free text.
+        head, _, tail = canonical.rpartition(json.dumps(self._MARK))
+        self._head, self._tail = head.encode(), tail.encode()
+
+    def encode(self, target: dict[str, Any]) -> bytes:
+        body = (
+            self._head
+            + json.dumps(target, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            + self._tail
+        )
+        if self.signer is None:
+            return body
+        sig = json.dumps(self.signer.signature(body), separators=(",", ":")).encode()
+        return body[:-1] + b',"sig":' + sig + b"}"

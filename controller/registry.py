@@ -124,7 +124,9 @@ class Registry:
                 pending_bytes_limit=-1,
             )
             try:
-                async with asyncio.timeout(READ_TIMEOUT):
+                # READ_TIMEOUT bounds the silence between two messages; the whole read is
+                # bounded too, by a limit that grows with the number of hosts.
+                async with asyncio.timeout(READ_TIMEOUT + info.state.messages / 1000):
                     while not done.is_set():
                         msg = await sub.next_msg(timeout=READ_TIMEOUT)
                         record = self._record(msg, offline_after)

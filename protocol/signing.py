@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from typing import Any
 
@@ -81,6 +82,11 @@ def decode_public_key(public_key: str) -> bytes:
     return bytes(body[1:])
 
 
+@functools.lru_cache(maxsize=1024)
+def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(decode_public_key(public_key))
+
+
 def validate_public_key(public_key: str) -> str:
     decode_public_key(public_key)
     return public_key
@@ -113,6 +119,12 @@ class Signer:
     def seed(self) -> bytes:
         return bytes(self._pair.seed)
 
+    def signature(self, canonical: bytes) -> dict[str, str]:
+        """The ``sig`` member for a request whose canonical bytes are given."""
+        raw = self._pair.sign(canonical)
+        value = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return {"alg": SIGNATURE_ALGORITHM, "key": self.public_key, "value": value}
+
     def sign_document(self, document: dict[str, Any]) -> dict[str, Any]:
         """Return ``document`` with a ``sig`` over its canonical bytes."""
         raw = self._pair.sign(canonical_bytes(document))
@@ -137,9 +149,9 @@ def verify_document(document: dict[str, Any]) -> str:
     if signature.alg != SIGNATURE_ALGORITHM:
         raise Unauthorized(f"unsupported signature algorithm {signature.alg!r}")
     try:
-        raw_key = decode_public_key(signature.key)
+        verify_key = _verify_key(signature.key)
         raw_sig = base64.urlsafe_b64decode(signature.value + "=" * (-len(signature.value) % 4))
-        nacl.signing.VerifyKey(raw_key).verify(canonical_bytes(document), raw_sig)
+        verify_key.verify(canonical_bytes(document), raw_sig)
     except (InvalidKey, binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
         raise Unauthorized("the signature does not verify") from exc
     return signature.key
