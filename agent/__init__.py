@@ -1,8 +1,26 @@
-"""The Shoal agent: one per host, executing Docker operations requested over NATS."""
+"""The Shoal agent: one per host, executing Docker operations requested over NATS.
+
+``Agent`` and ``AgentStartError`` load the runtime (and the Docker SDK) on first use,
+so importing a light module such as ``agent.trust`` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentSettings
 from agent.engine import Engine, EngineInfo
-from agent.runtime import Agent, AgentStartError
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent, AgentStartError
 
 __all__ = ["Agent", "AgentSettings", "AgentStartError", "Engine", "EngineInfo"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Agent", "AgentStartError"):
+        from agent import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")

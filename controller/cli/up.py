@@ -10,10 +10,7 @@ from typing import Annotated
 
 import typer
 
-from agent import __version__ as agent_version
-from agent.cli import install_event_loop_policy
 from agent.config import AgentSettings
-from agent.runtime import Agent, AgentStartError
 from agent.trust import TrustEntry, render_trust
 from controller.cli.common import err, global_options, run, usage_error
 from controller.embedded import EmbeddedNats, state_dir
@@ -25,6 +22,9 @@ from protocol import NatsOptions, Role
 async def run_up(
     store: Path, address: str, port: int, settings: AgentSettings | None, prefix: str
 ) -> None:
+    from agent import __version__ as agent_version
+    from agent.runtime import Agent, AgentStartError
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,5 +118,7 @@ def up(
             )
         except ValueError as exc:
             usage_error(str(exc))
+    from agent.cli import install_event_loop_policy  # the agent's modules load only here
+
     install_event_loop_policy()
     run(run_up(store or state_dir() / "nats", address, port, settings, g.prefix))
