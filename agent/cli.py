@@ -149,6 +149,24 @@ def main_command(
             help="Policy file (TOML): images, privileges and mounts this host allows.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            envvar="SHOAL_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (off by default).",
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-address",
+            envvar="SHOAL_METRICS_ADDRESS",
+            help="Address of the metrics server. \\[default: 127.0.0.1]",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option("--log-level", envvar="SHOAL_LOG_LEVEL", help="debug, info, warning")
     ] = "info",
@@ -203,6 +221,8 @@ def main_command(
         "state_dir": state_dir,
         "policy": policy,
         "health_file": health_file,
+        "metrics_port": metrics_port,
+        "metrics_address": metrics_address,
     }
     try:
         settings = AgentSettings.from_options(options)

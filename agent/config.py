@@ -137,6 +137,21 @@ class AgentSettings(BaseSettings):
         description="Health file for --check-health (default: in the state directory).",
     )
 
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("SHOAL_METRICS_PORT"),
+        description="Serve Prometheus metrics on this port (0: any free port); off if unset.",
+    )
+    metrics_address: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=255,
+        validation_alias=AliasChoices("SHOAL_METRICS_ADDRESS"),
+        description="Address the metrics server listens on (0.0.0.0 exposes it to the network).",
+    )
+
     def resolved_state_dir(self, host_id: str) -> Path:
         """The state directory for this host id (default under the user's state dir)."""
         if self.state_dir is not None:

@@ -8,12 +8,23 @@ them in its bounded thread pool with a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-from protocol import ContainerSummary, PsArgs, ServiceSpec
+from protocol import (
+    ContainerEventInfo,
+    ContainerSummary,
+    ImageSummary,
+    InfoResult,
+    LogLine,
+    PsArgs,
+    ServiceSpec,
+    StatsResult,
+)
+
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,23 @@ class ContainerState:
         return self.status == "running"
 
 
+class Stream(Protocol[T_co]):
+    """A blocking stream from the engine (logs, events): iterate it in a thread of its own;
+    :meth:`close` (from any thread) ends the iteration."""
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEventRecord:
+    """One container event of the engine, with its time in nanoseconds since the epoch."""
+
+    time_nano: int
+    info: ContainerEventInfo
+
+
 class Engine(Protocol):
     def info(self) -> EngineInfo:
         """Engine details. Raises DockerUnavailable when the engine cannot be reached."""
@@ -207,3 +235,41 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # --- everyday commands -----------------------------------------------------------
+
+    def list_images(self, all_images: bool) -> list[ImageSummary]:
+        """Images with their architecture (intermediate ones too with ``all_images``)."""
+        ...
+
+    def read_logs(self, container_id: str, tail: int, since: float | None) -> list[LogLine]:
+        """The last ``tail`` lines (of those after ``since``, a UNIX time), oldest first."""
+        ...
+
+    def follow_logs(self, container_id: str, tail: int, since: float | None) -> Stream[LogLine]:
+        """The last ``tail`` lines, then every new line until closed or the container stops."""
+        ...
+
+    def container_stats(self) -> StatsResult:
+        """One sample of every running container, and the host's totals."""
+        ...
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        """The engine's inspect document of a container."""
+        ...
+
+    def engine_details(self) -> InfoResult: ...
+
+    def restart_container(self, container_id: str, timeout: int) -> None: ...
+
+    def delete_container(self, container_id: str, *, force: bool, volumes: bool) -> None:
+        """Remove a container as ``docker rm`` does (a running one only with ``force``)."""
+        ...
+
+    def container_events(self, since: float | None) -> Stream[ContainerEventRecord]:
+        """Container events from ``since`` (a UNIX time; None: from now on), until closed."""
+        ...
+
+    def past_container_events(self, since: float, until: float) -> list[ContainerEventRecord]:
+        """Container events between two UNIX times that the engine still holds."""
+        ...

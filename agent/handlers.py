@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from agent.deploy import _current_container
+from agent.engine import ContainerEventRecord, ContainerState, Stream
 from agent.prune import PrunePlan, Removal, disk_usage, plan_prune
 from protocol import (
+    LOG_KEEPALIVE_PHASE,
+    LOG_PHASE,
+    SERVICE_LABEL,
+    AgentEvent,
+    Busy,
+    CancelArgs,
+    CancelResult,
+    ContainerActionResult,
+    ContainerRef,
     DeployArgs,
     DfArgs,
     DockerUnavailable,
+    EventKind,
+    EventsArgs,
+    EventsResult,
+    ImagesArgs,
+    ImagesResult,
+    InfoArgs,
+    InspectArgs,
+    InspectResult,
+    LogLine,
+    LogsArgs,
+    LogsResult,
+    NotFound,
     PingArgs,
     PruneArgs,
     PrunedItem,
@@ -26,17 +58,27 @@ from protocol import (
     PullArgs,
     RemoveArgs,
     Request,
+    RestartArgs,
+    RmArgs,
     RollbackArgs,
     ServicesArgs,
     ShoalError,
+    StartArgs,
+    StatsArgs,
     StatusArgs,
     StatusResult,
+    StopArgs,
     Verb,
+    encode_log_lines,
     utcnow,
 )
+from protocol.service import SERVICE_NAME_PATTERN
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
+
+log = logging.getLogger("shoal.agent")
+T = TypeVar("T")
 
 
 class RequestContext:
@@ -282,3 +324,424 @@ HANDLERS[Verb.ROLLBACK] = handle_rollback
 HANDLERS[Verb.REMOVE] = handle_remove
 HANDLERS[Verb.SERVICES] = handle_services
 HANDLERS[Verb.PULL] = handle_pull
+
+
+# --- everyday container verbs ---------------------------------------------------------------
+
+MAX_FOLLOWS = 32
+"""Log streams one agent serves at once; more are refused as busy."""
+MAX_LOG_BYTES = 8 * 1024 * 1024
+"""Most log text one ``logs`` reply carries; older lines are left out beyond it."""
+_REMEMBERED_CANCELS = 1024
+
+
+class StreamClosed(Exception):
+    """Raised by :meth:`ThreadedStream.batch` once the stream ended and was read to the end."""
+
+
+class ThreadedStream(Generic[T]):
+    """Iterate a blocking engine stream in a thread of its own; read it in batches.
+
+    The thread waits while ``limit`` items are unread, so a chatty container cannot
+    fill the agent's memory. Closing (from the event loop) closes the engine stream,
+    which ends the iteration in the thread.
+    """
+
+    def __init__(self, stream: Stream[T], *, name: str, limit: int = 10_000) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition()
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._done = False
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    async def __aenter__(self) -> ThreadedStream[T]:
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _run(self) -> None:
+        try:
+            for item in self._stream:
+                with self._cond:
+                    while len(self._items) >= self._limit and not self._closed:
+                        self._cond.wait(0.5)
+                    if self._closed:
+                        break
+                    self._items.append(item)
+                self._wake()
+        except ShoalError as exc:
+            self.error = exc
+        except Exception as exc:
+            log.exception("engine stream %s failed", self._thread.name)
+            self.error = exc
+        finally:
+            with self._cond:
+                self._done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads anymore
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def batch(self, timeout: float, max_items: int = 500) -> list[T]:
+        """What arrived, waiting up to ``timeout`` seconds for a first item ([] if none).
+
+        Raises :class:`StreamClosed` once the stream ended and everything was read.
+        """
+        with self._cond:
+            wait = not self._items and not self._done
+            if wait:
+                self._ready.clear()
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+        with self._cond:
+            count = min(max_items, len(self._items))
+            items = [self._items.popleft() for _ in range(count)]
+            ended = self._done and not self._items
+            self._cond.notify_all()
+        if not items and ended:
+            raise StreamClosed()
+        return items
+
+    async def close(self) -> None:
+        """Close the engine stream and let the thread end (bounded wait); idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._stream.close()
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+
+class _Follows:
+    """The log streams an agent serves, by stream id, and the ids cancelled recently."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, ThreadedStream[LogLine]] = {}
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
+
+    def cancel(self, stream_id: str) -> ThreadedStream[LogLine] | None:
+        self.cancelled[stream_id] = None
+        while len(self.cancelled) > _REMEMBERED_CANCELS:
+            self.cancelled.popitem(last=False)
+        return self.active.get(stream_id)
+
+
+_FOLLOWS: weakref.WeakKeyDictionary[Agent, _Follows] = weakref.WeakKeyDictionary()
+
+
+def _follows(agent: Agent) -> _Follows:
+    follows = _FOLLOWS.get(agent)
+    if follows is None:
+        follows = _FOLLOWS[agent] = _Follows()
+    return follows
+
+
+async def resolve_target(ctx: RequestContext, target: str) -> ContainerState:
+    """A service's current container if a service of that name is here, else the container."""
+    agent = ctx.agent
+    if re.fullmatch(SERVICE_NAME_PATTERN, target):
+        containers = await agent.in_engine(agent.engine.service_containers, target)
+        record = agent.deployer.store.get(target)
+        if containers or record is not None:
+            current = _current_container(containers, record)
+            if current is None:
+                raise NotFound(
+                    f"service {target!r} has no container on host {agent.host_id}",
+                    detail={"service": target},
+                )
+            return current
+    try:
+        return await agent.in_engine(agent.engine.container_state, target)
+    except NotFound:
+        raise NotFound(
+            f"no container or service named {target!r} on host {agent.host_id}",
+            detail={"target": target},
+        ) from None
+
+
+def container_ref(state: ContainerState) -> ContainerRef:
+    return ContainerRef(
+        id=state.id,
+        name=state.name,
+        service=state.labels.get(SERVICE_LABEL, ""),
+        state=state.status,
+    )
+
+
+async def handle_images(ctx: RequestContext, args: ImagesArgs) -> BaseModel:
+    agent = ctx.agent
+    async with ctx.keepalive("images", "listing images"):
+        images = await agent.in_engine(
+            agent.engine.list_images, args.all, timeout=agent.long_timeout
+        )
+    return ImagesResult(images=images)
+
+
+async def handle_logs(ctx: RequestContext, args: LogsArgs) -> BaseModel:
+    container = await resolve_target(ctx, args.target)
+    since = time.time() - args.since if args.since is not None else None
+    if args.follow:
+        return await _follow_logs(ctx, args, container, since)
+    agent = ctx.agent
+    async with ctx.keepalive("logs", f"reading logs of {container.name}"):
+        lines = await agent.in_engine(
+            agent.engine.read_logs, container.id, args.tail, since, timeout=agent.long_timeout
+        )
+    kept: list[LogLine] = []
+    size = 0
+    for line in reversed(lines[-args.tail :] if args.tail else []):
+        size += len(line.text) + 40
+        if size > MAX_LOG_BYTES:
+            break
+        kept.append(line)
+    kept.reverse()
+    return LogsResult(
+        container=container_ref(container),
+        lines=kept,
+        truncated=len(kept) < min(len(lines), args.tail),
+    )
+
+
+@asynccontextmanager
+async def _outside_request_slots(agent: Agent) -> AsyncIterator[None]:
+    """A followed log may last an hour: it gives back its request slot meanwhile, so that
+    a few long streams never block the agent's other requests (MAX_FOLLOWS bounds them)."""
+    agent._slots.release()
+    try:
+        yield
+    finally:
+        await agent._slots.acquire()
+
+
+async def _follow_logs(
+    ctx: RequestContext, args: LogsArgs, container: ContainerState, since: float | None
+) -> LogsResult:
+    agent = ctx.agent
+    follows = _follows(agent)
+    assert args.stream_id is not None  # checked by LogsArgs
+    ref = container_ref(container)
+    if args.stream_id in follows.cancelled:
+        return LogsResult(container=ref, ended="cancelled")
+    if len(follows.active) >= MAX_FOLLOWS:
+        raise Busy(f"this agent already streams {len(follows.active)} logs; try again later")
+    engine_stream = await agent.in_engine(agent.engine.follow_logs, container.id, args.tail, since)
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + args.max_duration
+    streamed = 0
+    ended = ""
+    stream: ThreadedStream[LogLine] = ThreadedStream(
+        engine_stream, name=f"shoal-logs-{args.stream_id[:8]}"
+    )
+    async with stream, _outside_request_slots(agent):
+        follows.active[args.stream_id] = stream
+        try:
+            await ctx.progress(LOG_KEEPALIVE_PHASE, f"following {container.name}")
+            while not ended:
+                try:
+                    lines = await stream.batch(args.keepalive)
+                except StreamClosed:
+                    if stream.closed:
+                        ended = "cancelled"  # whatever closing the engine stream raised
+                    elif stream.error is not None:
+                        raise stream.error from None
+                    else:
+                        ended = await _why_ended(agent, container)
+                    break
+                if lines:
+                    for message in encode_log_lines(lines):
+                        await ctx.progress(LOG_PHASE, message)
+                    streamed += len(lines)
+                else:
+                    await ctx.progress(LOG_KEEPALIVE_PHASE)
+                if loop.time() >= stop_at:
+                    ended = f"time limit ({args.max_duration:g}s)"
+                elif agent._stop_requested.is_set():
+                    ended = "the agent is stopping"
+        finally:
+            follows.active.pop(args.stream_id, None)
+    log.info(
+        "logs stream %s of %s ended (%s) after %d lines",
+        args.stream_id,
+        container.name,
+        ended,
+        streamed,
+    )
+    return LogsResult(container=ref, streamed=streamed, ended=ended)
+
+
+async def _why_ended(agent: Agent, container: ContainerState) -> str:
+    """Why the engine ended a log stream; raises DockerUnavailable if the engine went away."""
+    try:
+        now = await agent.in_engine(agent.engine.container_state, container.id)
+    except NotFound:
+        return "the container was removed"
+    return "the engine ended the stream" if now.running else "the container stopped"
+
+
+async def handle_cancel(ctx: RequestContext, args: CancelArgs) -> BaseModel:
+    stream = _follows(ctx.agent).cancel(args.stream_id)
+    if stream is None:
+        return CancelResult(stream_id=args.stream_id, cancelled=False)
+    await stream.close()
+    return CancelResult(stream_id=args.stream_id, cancelled=True)
+
+
+async def handle_stats(ctx: RequestContext, args: StatsArgs) -> BaseModel:
+    agent = ctx.agent
+    async with ctx.keepalive("stats", "sampling running containers"):
+        return await agent.in_engine(agent.engine.container_stats, timeout=agent.long_timeout)
+
+
+async def handle_inspect(ctx: RequestContext, args: InspectArgs) -> BaseModel:
+    agent = ctx.agent
+    container = await resolve_target(ctx, args.target)
+    details = await agent.in_engine(agent.engine.inspect_container, container.id)
+    return InspectResult(container=container_ref(container), details=details)
+
+
+async def handle_info(ctx: RequestContext, args: InfoArgs) -> BaseModel:
+    return await ctx.agent.in_engine(ctx.agent.engine.engine_details)
+
+
+def container_event(agent: Agent, record: ContainerEventRecord) -> AgentEvent:
+    """An engine's container event as the agent publishes it."""
+    info = record.info
+    what = info.name or info.id[:12]
+    message = f"{info.action} {what}"
+    if info.exit_code is not None and info.action == "die":
+        message += f", exit code {info.exit_code}"
+    return AgentEvent(
+        host_id=agent.host_id,
+        instance=agent.instance,
+        kind=EventKind.CONTAINER,
+        at=datetime.fromtimestamp(record.time_nano / 1e9, UTC),
+        message=message,
+        container=info,
+    )
+
+
+MAX_PAST_EVENTS = 1000
+
+
+async def handle_events(ctx: RequestContext, args: EventsArgs) -> BaseModel:
+    agent = ctx.agent
+    now = time.time()
+    records = await agent.in_engine(agent.engine.past_container_events, now - args.since, now)
+    return EventsResult(events=[container_event(agent, r) for r in records[-MAX_PAST_EVENTS:]])
+
+
+async def _container_action(
+    ctx: RequestContext,
+    action: Literal["start", "stop", "restart", "rm"],
+    target: str,
+    act: Callable[[ContainerState], Awaitable[None]],
+) -> ContainerActionResult:
+    """Resolve, act, report; a service's container waits for no deploy of that service."""
+    agent = ctx.agent
+    container = await resolve_target(ctx, target)
+    service = container.labels.get(SERVICE_LABEL, "")
+    if service:
+        agent.deployer._claim(service, ctx.request.id)
+    try:
+        await ctx.progress(action, f"{action} {container.name}")
+        await act(container)
+        if action == "rm":
+            after = "removed"
+        else:
+            after = (await agent.in_engine(agent.engine.container_state, container.id)).status
+    finally:
+        if service:
+            agent.deployer._release(service)
+    return ContainerActionResult(
+        action=action,
+        container=container_ref(container),
+        before=container.status,
+        after=after,
+        changed=action in ("restart", "rm") or after != container.status,
+    )
+
+
+async def _stop_timeout(agent: Agent, container: ContainerState, given: int | None) -> int:
+    """The given timeout, else the container's own (docker's default: 10 seconds)."""
+    if given is not None:
+        return given
+    details = await agent.in_engine(agent.engine.inspect_container, container.id)
+    configured = (details.get("Config") or {}).get("StopTimeout")
+    return int(configured) if isinstance(configured, int) and configured >= 0 else 10
+
+
+async def handle_start(ctx: RequestContext, args: StartArgs) -> BaseModel:
+    agent = ctx.agent
+
+    async def act(container: ContainerState) -> None:
+        await agent.in_engine(agent.engine.start_container, container.id)
+
+    return await _container_action(ctx, "start", args.target, act)
+
+
+async def handle_stop(ctx: RequestContext, args: StopArgs) -> BaseModel:
+    agent = ctx.agent
+
+    async def act(container: ContainerState) -> None:
+        timeout = await _stop_timeout(agent, container, args.timeout)
+        async with ctx.keepalive("stop", f"stopping {container.name}"):
+            await agent.in_engine(
+                agent.engine.stop_container, container.id, timeout, timeout=timeout + 30
+            )
+
+    return await _container_action(ctx, "stop", args.target, act)
+
+
+async def handle_restart(ctx: RequestContext, args: RestartArgs) -> BaseModel:
+    agent = ctx.agent
+
+    async def act(container: ContainerState) -> None:
+        timeout = await _stop_timeout(agent, container, args.timeout)
+        async with ctx.keepalive("restart", f"restarting {container.name}"):
+            await agent.in_engine(
+                agent.engine.restart_container, container.id, timeout, timeout=timeout + 30
+            )
+
+    return await _container_action(ctx, "restart", args.target, act)
+
+
+async def handle_rm(ctx: RequestContext, args: RmArgs) -> BaseModel:
+    agent = ctx.agent
+
+    async def act(container: ContainerState) -> None:
+        await agent.in_engine(
+            functools.partial(
+                agent.engine.delete_container, force=args.force, volumes=args.volumes
+            ),
+            container.id,
+            timeout=agent.long_timeout,
+        )
+
+    return await _container_action(ctx, "rm", args.target, act)
+
+
+HANDLERS[Verb.IMAGES] = handle_images
+HANDLERS[Verb.LOGS] = handle_logs
+HANDLERS[Verb.CANCEL] = handle_cancel
+HANDLERS[Verb.STATS] = handle_stats
+HANDLERS[Verb.INSPECT] = handle_inspect
+HANDLERS[Verb.INFO] = handle_info
+HANDLERS[Verb.EVENTS] = handle_events
+HANDLERS[Verb.START] = handle_start
+HANDLERS[Verb.STOP] = handle_stop
+HANDLERS[Verb.RESTART] = handle_restart
+HANDLERS[Verb.RM] = handle_rm

@@ -34,9 +34,16 @@ from agent.config import AgentSettings
 from agent.deploy import Deployer, ServiceStore
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
-from agent.handlers import HANDLERS, RequestContext
+from agent.handlers import (
+    HANDLERS,
+    RequestContext,
+    StreamClosed,
+    ThreadedStream,
+    container_event,
+)
 from agent.health import Health, write_health
 from agent.journal import JournalEntry, RequestJournal
+from agent.metrics import AgentMetrics, MetricsServer, MetricsServerError
 from agent.policy import Policy, PolicyError, check_image, check_service, load_policy
 from agent.prune import KeepRules
 from agent.trust import TrustEntry, TrustError, TrustStore
@@ -85,6 +92,8 @@ log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
 
 ENGINE_PROBE_TIMEOUT = 5.0
+EVENTS_RETRY = 2.0
+"""Seconds between attempts to (re)open the engine's event stream."""
 DUPLICATE_CHECK_TIMEOUT = 2.0
 
 
@@ -172,6 +181,15 @@ class Agent:
             images=settings.prune_keep_images, containers=settings.prune_keep_containers
         )
         self.long_timeout = settings.long_timeout
+        self.metrics = AgentMetrics(
+            version=version,
+            host_id=lambda: self.host_id,
+            in_flight=lambda: self._pending,
+            nats_connected=lambda: self._nc is not None and self._nc.is_connected,
+            docker_reachable=lambda: self._docker.reachable,
+        )
+        self.metrics_server: MetricsServer | None = None
+        self._events_task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -204,6 +222,15 @@ class Agent:
                 self.policy = load_policy(self.settings.policy)
             except PolicyError as exc:
                 raise AgentStartError(str(exc)) from exc
+        if self.settings.metrics_port is not None:
+            server = MetricsServer(
+                self.metrics.render, self.settings.metrics_address, self.settings.metrics_port
+            )
+            try:
+                await server.start()
+            except MetricsServerError as exc:
+                raise AgentStartError(str(exc)) from exc
+            self.metrics_server = server
         await self._probe_engine()
         if not self.host_id:
             self.host_id = self._default_host_id()
@@ -244,6 +271,10 @@ class Agent:
         await self._publish_heartbeat()
         await self._publish_event(EventKind.STARTED, f"agent {self.version} started")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        if hasattr(self.engine, "container_events"):  # in-memory test engines have none
+            self._events_task = asyncio.create_task(
+                self._watch_container_events(), name="container-events"
+            )
         self.ready.set()
         log.info(
             "agent %s ready on %s (docker %s)",
@@ -287,6 +318,9 @@ class Agent:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._events_task is not None:
+            self._events_task.cancel()
+            await asyncio.gather(self._events_task, return_exceptions=True)
         nc = self._nc
         if nc is not None and nc.is_connected:
             try:
@@ -299,6 +333,8 @@ class Agent:
             await nc.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         log.info("agent %s stopped", self.host_id)
 
     # --- NATS -------------------------------------------------------------------
@@ -356,12 +392,14 @@ class Agent:
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
+            self.metrics.disconnects.inc()
             log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         nc = self._nc
         url = nc.connected_url.netloc if nc and nc.connected_url else "?"
         log.info("reconnected to NATS at %s", url)
+        self.metrics.reconnects.inc()
         if self._accepting:
             asyncio.create_task(self._publish_heartbeat())  # noqa: RUF006 - fire and forget
 
@@ -502,14 +540,57 @@ class Agent:
         )
 
     async def _publish_event(self, kind: EventKind, message: str = "") -> None:
-        if self._nc is None or self._nc.is_closed:
-            return
         event = AgentEvent(
             host_id=self.host_id, instance=self.instance, kind=kind, at=utcnow(), message=message
         )
+        await self._publish_agent_event(event)
+
+    async def _publish_agent_event(self, event: AgentEvent) -> None:
+        if self._nc is None or self._nc.is_closed:
+            return
         await self._nc.publish(
-            self.subjects.event(self.host_id, kind), event.model_dump_json().encode()
+            self.subjects.event(self.host_id, event.kind), event.model_dump_json().encode()
         )
+        self.metrics.events.inc(event.kind)
+
+    async def _watch_container_events(self) -> None:
+        """Publish the engine's container events; watch again when the engine comes back.
+
+        After a broken watch, the engine is asked for the events since the last one
+        published (or since the watch began), so a short break loses nothing the
+        engine still holds; events already published are not published twice.
+        """
+        last_nano = 0
+        since: float | None = None
+        while not self._closed:
+            if not self._docker.reachable:
+                await asyncio.sleep(EVENTS_RETRY)
+                continue
+            began = time.time()
+            try:
+                engine_stream = await self.in_engine(self.engine.container_events, since)
+            except ShoalError as exc:
+                log.debug("cannot watch container events: %s", exc.message)
+                await asyncio.sleep(EVENTS_RETRY)
+                continue
+            async with ThreadedStream(engine_stream, name="shoal-events") as stream:
+                while True:
+                    try:
+                        records = await stream.batch(60.0)
+                    except StreamClosed:
+                        break
+                    for record in records:
+                        if record.time_nano <= last_nano:
+                            continue  # replayed after a broken watch
+                        last_nano = record.time_nano
+                        try:
+                            await self._publish_agent_event(container_event(self, record))
+                        except (nats.errors.Error, OSError) as exc:
+                            log.warning("could not publish a container event: %s", exc)
+            if stream.error is not None and not self._closed:
+                log.info("container events watch ended: %s", stream.error)
+            since = last_nano / 1e9 if last_nano else began
+            await asyncio.sleep(EVENTS_RETRY if stream.error is not None else 1.0)
 
     async def _recover_services(self) -> None:
         """Converge services left mid-operation by a crash (needs the engine)."""
@@ -571,6 +652,7 @@ class Agent:
             refusal = Busy(f"the agent has {self._pending} requests queued or running")
         if refusal is not None:
             if self._is_for_me(msg):
+                self.metrics.observe_request(self._verb_label(msg, None), str(refusal.code), 0.0)
                 await self._reply_refusal(msg, refusal)
             return
         self._pending += 1
@@ -623,10 +705,19 @@ class Agent:
                 log.exception("internal error serving a request on %s", msg.subject)
                 failure = ShoalError("internal agent error; see the agent's log")
                 reply = self._failure(msg, admission, failure, started_at, t0)
+            outcome = "ok" if reply.error is None else str(reply.error.code)
+            self.metrics.observe_request(self._verb_label(msg, admission), outcome, reply.duration)
             await self._conclude(msg, admission, caller, reply)
             await self._send(msg.reply, reply)
         finally:
             self._pending -= 1
+
+    def _verb_label(self, msg: Msg, admission: Admission | None) -> str:
+        """The verb for metrics: a known verb, else "unknown" (senders choose subjects)."""
+        if admission is not None:
+            return str(admission.verb)
+        token = self.subjects.verb_of(msg.subject)
+        return token if token in VERBS else "unknown"
 
     def _failure(
         self,

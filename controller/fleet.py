@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
 from controller.audit import AuditStream
@@ -33,14 +36,32 @@ from controller.rollout import RolloutEvent, deploy_rollout, rollback_rollout
 from controller.targeting import Limit, Targets, resolve_targets
 from controller.transport import connect
 from protocol import (
+    LOG_PHASE,
+    MAX_FOLLOW_SECONDS,
     VERBS,
+    AgentEvent,
     AgentFacts,
     AuditRecord,
+    CancelArgs,
+    CancelResult,
+    ContainerActionResult,
     DfArgs,
     DfResult,
     ErrorCode,
     ErrorInfo,
+    EventsArgs,
+    EventsResult,
+    ImagesArgs,
+    ImagesResult,
+    InfoArgs,
+    InfoResult,
+    InspectArgs,
+    InspectResult,
+    LogLine,
+    LogsArgs,
+    LogsResult,
     NatsOptions,
+    Progress,
     PruneArgs,
     PruneResult,
     PsArgs,
@@ -51,15 +72,23 @@ from protocol import (
     RemoveResult,
     Reply,
     Request,
+    RestartArgs,
+    RmArgs,
     RolloutConfig,
     Selector,
     ServicesArgs,
     ServiceSpec,
     ServicesResult,
     Signer,
+    StartArgs,
+    StatsArgs,
+    StatsResult,
+    StopArgs,
     Subjects,
     Target,
     Verb,
+    decode_log_lines,
+    new_request_id,
     utcnow,
 )
 
@@ -498,3 +527,300 @@ class Fleet:
             limit=limit,
             timeout=timeout,
         )
+
+    # --- everyday commands -------------------------------------------------------------
+
+    async def images(
+        self,
+        all_images: bool = False,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> FleetResult[ImagesResult]:
+        """Images on every targeted host, with their architecture."""
+        return await self.request(
+            Verb.IMAGES,
+            ImagesArgs(all=all_images),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            retries=retries,
+        )
+
+    async def logs(
+        self,
+        target: str,
+        *,
+        tail: int = 100,
+        since: float | None = None,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> FleetResult[LogsResult]:
+        """The last ``tail`` log lines (of the last ``since`` seconds) of ``target`` on every
+        targeted host: a container name or id, or a service (its current container)."""
+        return await self.request(
+            Verb.LOGS,
+            LogsArgs(target=target, tail=tail, since=since),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            retries=retries,
+        )
+
+    async def follow_logs(
+        self,
+        target: str,
+        on_lines: Callable[[str, list[LogLine]], None],
+        stop: asyncio.Event,
+        *,
+        tail: int = 100,
+        since: float | None = None,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        max_duration: float = MAX_FOLLOW_SECONDS,
+    ) -> FleetResult[LogsResult]:
+        """Stream the logs of ``target`` from every targeted host at once.
+
+        ``on_lines(host, lines)`` is called as lines arrive. Streams end when ``stop`` is
+        set (every host is then told to stop its stream), when a container stops, or
+        after ``max_duration`` seconds (at most one hour). A quiet stream sends
+        keepalives, so a host that goes silent for ``timeout`` seconds is reported
+        missing as usual.
+        """
+        wait = self.timeout if timeout is None else timeout
+        targets = await self.resolve(selector, limit)
+        chosen = Selector(hosts=tuple(targets.all)) if targets.all else selector
+        stream_id = new_request_id()
+        args = LogsArgs(
+            target=target,
+            tail=tail,
+            since=since,
+            follow=True,
+            stream_id=stream_id,
+            max_duration=max_duration,
+            keepalive=max(0.5, min(5.0, wait / 3)),
+        )
+
+        def on_progress(progress: Progress) -> None:
+            if progress.phase == LOG_PHASE:
+                on_lines(progress.host, decode_log_lines(progress.message))
+
+        following = asyncio.create_task(
+            self.request(
+                Verb.LOGS,
+                args,
+                selector=chosen,
+                limit=None if targets.all else limit,
+                timeout=wait,
+                on_progress=on_progress,
+            ),
+            name=f"follow-{stream_id}",
+        )
+        stopping = asyncio.create_task(stop.wait(), name=f"follow-stop-{stream_id}")
+        try:
+            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done() and targets.online:
+                await self.cancel_stream(
+                    stream_id,
+                    selector=Selector(hosts=tuple(targets.online)),
+                    timeout=min(wait, 5.0),
+                )
+            return await following
+        finally:
+            stopping.cancel()
+            following.cancel()
+            await asyncio.gather(following, stopping, return_exceptions=True)
+
+    async def cancel_stream(
+        self,
+        stream_id: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[CancelResult]:
+        """Stop the log stream ``stream_id`` on the targeted hosts (where it still runs)."""
+        return await self.request(
+            Verb.CANCEL,
+            CancelArgs(stream_id=stream_id),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+        )
+
+    async def stats(
+        self,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> FleetResult[StatsResult]:
+        """One sample of CPU, memory, network and block I/O per running container."""
+        return await self.request(
+            Verb.STATS,
+            StatsArgs(),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            retries=retries,
+        )
+
+    async def inspect(
+        self,
+        target: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> FleetResult[InspectResult]:
+        """The engine's inspect document of ``target`` (container or service) on every host."""
+        return await self.request(
+            Verb.INSPECT,
+            InspectArgs(target=target),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+            retries=retries,
+        )
+
+    async def info(
+        self,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> FleetResult[InfoResult]:
+        """Engine details of every targeted host, as ``docker info`` shows them."""
+        return await self.request(
+            Verb.INFO, InfoArgs(), selector=selector, limit=limit, timeout=timeout, retries=retries
+        )
+
+    async def start_container(
+        self,
+        target: str,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[ContainerActionResult]:
+        """Start ``target`` (a container, or a service's current container) on every host."""
+        return await self.request(
+            Verb.START, StartArgs(target=target), selector=selector, limit=limit, timeout=timeout
+        )
+
+    async def stop_container(
+        self,
+        target: str,
+        *,
+        stop_timeout: int | None = None,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[ContainerActionResult]:
+        """Stop ``target``; ``stop_timeout`` seconds before SIGKILL [the container's own]."""
+        return await self.request(
+            Verb.STOP,
+            StopArgs(target=target, timeout=stop_timeout),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+        )
+
+    async def restart_container(
+        self,
+        target: str,
+        *,
+        stop_timeout: int | None = None,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[ContainerActionResult]:
+        """Restart ``target``; ``stop_timeout`` seconds before SIGKILL [the container's own]."""
+        return await self.request(
+            Verb.RESTART,
+            RestartArgs(target=target, timeout=stop_timeout),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+        )
+
+    async def remove_container(
+        self,
+        target: str,
+        *,
+        force: bool = False,
+        volumes: bool = False,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[ContainerActionResult]:
+        """Remove ``target`` as ``docker rm`` does (a running one only with ``force``)."""
+        return await self.request(
+            Verb.RM,
+            RmArgs(target=target, force=force, volumes=volumes),
+            selector=selector,
+            limit=limit,
+            timeout=timeout,
+        )
+
+    async def event_history(
+        self,
+        since: float,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+    ) -> FleetResult[EventsResult]:
+        """Container events of the last ``since`` seconds that the engines still hold."""
+        return await self.request(
+            Verb.EVENTS, EventsArgs(since=since), selector=selector, limit=limit, timeout=timeout
+        )
+
+    async def watch_events(
+        self, selector: Selector | None = None
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """Subscribe to the fleet's events now; iterate the returned generator for them.
+
+        Agent lifecycle events (started, stopping, engine_lost, engine_regained) and
+        container events, from the hosts the selector matches (label selectors are
+        matched against the hosts known now). Events are not stored: only those
+        published after this call arrive. Close the generator to unsubscribe.
+        """
+        selector = selector or Selector()
+        facts: dict[str, dict[str, str]] = {}
+        if selector.labels:
+            facts = {r.host_id: r.facts.selectable() for r in await self.agents()}
+        sub = await self.nc.subscribe(self.subjects.events_all(), pending_msgs_limit=100_000)
+        await self.nc.flush()
+        return self._events(sub, selector, facts)
+
+    async def _events(
+        self, sub: Subscription, selector: Selector, facts: dict[str, dict[str, str]]
+    ) -> AsyncGenerator[AgentEvent, None]:
+        head = f"{self.subjects.prefix}.events."
+        try:
+            async for msg in sub.messages:
+                host = msg.subject[len(head) :].split(".", 1)[0]
+                try:
+                    event = AgentEvent.model_validate_json(msg.data)
+                except ValidationError:
+                    log.warning("ignoring a malformed event on %s", msg.subject)
+                    continue
+                if event.host_id != host:
+                    log.warning("ignoring an event for %s sent on %s", event.host_id, msg.subject)
+                    continue
+                if selector.labels and host not in facts:
+                    continue
+                if selector.matches(host, facts.get(host, {"host": host})):
+                    yield event
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()

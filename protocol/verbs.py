@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.envelope import HostId
 from protocol.service import (
@@ -37,6 +38,17 @@ class Verb(StrEnum):
     REMOVE = "remove"
     SERVICES = "services"
     PULL = "pull"
+    IMAGES = "images"
+    LOGS = "logs"
+    CANCEL = "cancel"
+    STATS = "stats"
+    INSPECT = "inspect"
+    INFO = "info"
+    EVENTS = "events"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    RM = "rm"
 
 
 class Role(StrEnum):
@@ -373,6 +385,343 @@ class AuditRecord(_Result):
     )
 
 
+# --- events -------------------------------------------------------------------
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    STOPPING = "stopping"
+    ENGINE_LOST = "engine_lost"
+    ENGINE_REGAINED = "engine_regained"
+    CONTAINER = "container"
+
+
+CONTAINER_ACTIONS = frozenset(
+    {
+        "create",
+        "start",
+        "restart",
+        "stop",
+        "kill",
+        "die",
+        "oom",
+        "destroy",
+        "pause",
+        "unpause",
+        "rename",
+        "update",
+        "health_status",
+    }
+)
+"""Docker container actions agents publish as ``container`` events (``health_status``
+arrives as ``health_status: healthy`` and the like)."""
+
+
+class ContainerEventInfo(_Result):
+    """What a ``container`` event is about, from the Docker engine's event."""
+
+    action: str = Field(description="Docker's action: start, die, health_status: healthy, …")
+    id: str
+    name: str = ""
+    image: str = ""
+    service: str = Field(default="", description="The shoal.service label, if any.")
+    exit_code: int | None = Field(default=None, description="On die: the exit code.")
+
+
+class AgentEvent(_Result):
+    """An agent lifecycle or container event, published on ``<prefix>.events.<host>.<kind>``."""
+
+    host_id: HostId
+    instance: str
+    kind: str
+    at: AwareDatetime
+    message: str = ""
+    container: ContainerEventInfo | None = Field(
+        default=None, description="For kind 'container': what happened to which container."
+    )
+
+
+# --- everyday container verbs ---------------------------------------------------------
+
+CONTAINER_TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+ContainerTarget = Annotated[
+    str,
+    Field(
+        pattern=CONTAINER_TARGET_PATTERN,
+        description="A container name or id, or the name of a service (label shoal.service): "
+        "then that service's current container. A service name wins over a container name.",
+    ),
+]
+StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+class ContainerRef(_Result):
+    """The container a target resolved to on one host."""
+
+    id: str
+    name: str
+    service: str = Field(default="", description="Its shoal.service label, if any.")
+    state: str = ""
+
+
+class ImagesArgs(_Args):
+    all: bool = Field(default=False, description="Include intermediate images.")
+
+
+class ImageSummary(_Result):
+    id: str
+    repo_tags: list[str] = Field(default_factory=list)
+    repo_digests: list[str] = Field(default_factory=list)
+    created: AwareDatetime
+    size: int = Field(default=0, ge=0)
+    architecture: str = ""
+    variant: str = ""
+    os: str = ""
+
+
+class ImagesResult(_Result):
+    images: list[ImageSummary]
+
+
+MAX_LOG_LINES = 10_000
+LOG_PHASE = "log"
+"""``Progress.phase`` of messages that carry log lines (``logs`` with ``follow``)."""
+LOG_KEEPALIVE_PHASE = "keepalive"
+"""``Progress.phase`` a quiet ``logs`` stream sends, so it is not taken for a silent host."""
+MAX_FOLLOW_SECONDS = 3600.0
+"""Longest a ``logs`` follow lasts: agents may answer one request for an hour at most."""
+
+
+class LogsArgs(_Args):
+    target: ContainerTarget
+    tail: int = Field(default=100, ge=0, le=MAX_LOG_LINES, description="Last N lines.")
+    since: float | None = Field(
+        default=None, gt=0, le=366 * 86400, description="Only lines of the last N seconds."
+    )
+    follow: bool = Field(
+        default=False,
+        description="Stream new lines as progress messages (phase 'log') until cancelled, "
+        "the container stops or max_duration passes.",
+    )
+    stream_id: StreamId | None = Field(
+        default=None, description="With follow: the id a 'cancel' request names to stop it."
+    )
+    max_duration: float = Field(default=MAX_FOLLOW_SECONDS, gt=0, le=MAX_FOLLOW_SECONDS)
+    keepalive: float = Field(
+        default=2.0, ge=0.5, le=30, description="With follow: seconds between keepalives."
+    )
+
+    @model_validator(mode="after")
+    def _follow_needs_stream_id(self) -> LogsArgs:
+        if self.follow and self.stream_id is None:
+            raise ValueError("follow needs a stream_id")
+        return self
+
+
+class LogLine(_Result):
+    time: AwareDatetime | None = None
+    text: str
+
+
+class LogsResult(_Result):
+    container: ContainerRef
+    lines: list[LogLine] = Field(default_factory=list)
+    truncated: bool = Field(default=False, description="Older lines were left out (size).")
+    streamed: int = Field(default=0, ge=0, description="With follow: lines sent as progress.")
+    ended: str = Field(default="", description="With follow: why the stream ended.")
+
+
+_LOG_STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_log_line(raw: str) -> LogLine:
+    """A line as Docker gives it with timestamps: ``<RFC 3339 time> <text>``."""
+    stamp, sep, text = raw.partition(" ")
+    m = _LOG_STAMP_RE.fullmatch(stamp)
+    if not sep or not m:
+        return LogLine(text=raw)
+    fraction = (m[2] or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    try:
+        when = datetime.fromisoformat(f"{m[1]}.{fraction}{zone}")
+    except ValueError:
+        return LogLine(text=raw)
+    return LogLine(time=when, text=text)
+
+
+def encode_log_lines(lines: list[LogLine], limit: int = 4000) -> list[str]:
+    """Lines packed into progress messages of at most ``limit`` characters each."""
+    messages: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        stamp = line.time.isoformat() if line.time is not None else "-"
+        item = f"{stamp} {line.text}"
+        if len(item) > limit:
+            item = item[: limit - 1] + "…"
+        if current and size + len(item) + 1 > limit:
+            messages.append("\n".join(current))
+            current, size = [], 0
+        current.append(item)
+        size += len(item) + 1
+    if current:
+        messages.append("\n".join(current))
+    return messages
+
+
+def decode_log_lines(message: str) -> list[LogLine]:
+    """The lines of one ``log`` progress message (see :func:`encode_log_lines`)."""
+    lines = []
+    for item in message.split("\n"):
+        stamp, _, text = item.partition(" ")
+        if stamp == "-":
+            lines.append(LogLine(text=text))
+            continue
+        try:
+            lines.append(LogLine(time=datetime.fromisoformat(stamp), text=text))
+        except ValueError:
+            lines.append(LogLine(text=item))
+    return lines
+
+
+class CancelArgs(_Args):
+    stream_id: StreamId
+
+
+class CancelResult(_Result):
+    stream_id: str
+    cancelled: bool = Field(description="False if no such stream ran (it had ended already).")
+
+
+class StatsArgs(_Args):
+    pass
+
+
+class ContainerStats(_Result):
+    """One sample of a running container, as ``docker stats --no-stream`` shows it."""
+
+    id: str
+    name: str
+    service: str = ""
+    cpu_percent: float = Field(ge=0, description="100 is one CPU fully used.")
+    memory_usage: int = Field(ge=0, description="Bytes, page cache excluded (as docker).")
+    memory_limit: int = Field(ge=0)
+    memory_percent: float = Field(ge=0)
+    net_rx: int = Field(default=0, ge=0)
+    net_tx: int = Field(default=0, ge=0)
+    block_read: int = Field(default=0, ge=0)
+    block_write: int = Field(default=0, ge=0)
+    pids: int = Field(default=0, ge=0)
+
+
+class HostStats(_Result):
+    """The sum over a host's running containers, and the host's capacity."""
+
+    containers: int = Field(ge=0)
+    cpus: int = Field(ge=0, description="CPUs of the host.")
+    memory_total: int = Field(ge=0, description="Memory of the host, bytes.")
+    cpu_percent: float = Field(ge=0)
+    memory_usage: int = Field(ge=0)
+    net_rx: int = Field(default=0, ge=0)
+    net_tx: int = Field(default=0, ge=0)
+    block_read: int = Field(default=0, ge=0)
+    block_write: int = Field(default=0, ge=0)
+    pids: int = Field(default=0, ge=0)
+
+
+class StatsResult(_Result):
+    host: HostStats
+    containers: list[ContainerStats]
+
+
+class InspectArgs(_Args):
+    target: ContainerTarget
+
+
+class InspectResult(_Result):
+    container: ContainerRef
+    details: dict[str, Any] = Field(description="The engine's inspect document, as docker shows.")
+
+
+class InfoArgs(_Args):
+    pass
+
+
+class InfoResult(_Result):
+    """Engine details of one host, as ``docker info`` shows them."""
+
+    name: str
+    server_version: str
+    api_version: str = ""
+    operating_system: str = ""
+    os_type: str = ""
+    kernel: str = ""
+    architecture: str = ""
+    cpus: int = 0
+    memory_total: int = 0
+    containers: int = 0
+    containers_running: int = 0
+    containers_paused: int = 0
+    containers_stopped: int = 0
+    images: int = 0
+    storage_driver: str = ""
+    logging_driver: str = ""
+    cgroup_driver: str = ""
+    cgroup_version: str = ""
+    docker_root_dir: str = ""
+    default_runtime: str = ""
+    runtimes: list[str] = Field(default_factory=list)
+    security_options: list[str] = Field(default_factory=list)
+    live_restore: bool = False
+    system_time: str = ""
+    warnings: list[str] = Field(default_factory=list)
+
+
+class EventsArgs(_Args):
+    since: float = Field(
+        gt=0,
+        le=7 * 86400,
+        description="Container events of the last N seconds (what the "
+        "engine still holds: Docker keeps its most recent events only).",
+    )
+
+
+class EventsResult(_Result):
+    events: list[AgentEvent]
+
+
+class StartArgs(_Args):
+    target: ContainerTarget
+
+
+class StopArgs(_Args):
+    target: ContainerTarget
+    timeout: int | None = Field(
+        default=None, ge=0, le=3600, description="Seconds before SIGKILL [the container's own]."
+    )
+
+
+class RestartArgs(_Args):
+    target: ContainerTarget
+    timeout: int | None = Field(
+        default=None, ge=0, le=3600, description="Seconds before SIGKILL [the container's own]."
+    )
+
+
+class RmArgs(_Args):
+    target: ContainerTarget
+    force: bool = Field(default=False, description="Remove a running container (killing it).")
+    volumes: bool = Field(default=False, description="Remove its anonymous volumes too.")
+
+
+class ContainerActionResult(_Result):
+    action: Literal["start", "stop", "restart", "rm"]
+    container: ContainerRef
+    before: str = Field(description="Container state before.")
+    after: str = Field(description="Container state after ('removed' after rm).")
+    changed: bool
+
+
 # --- the verb table -----------------------------------------------------------
 
 
@@ -414,6 +763,42 @@ VERBS: dict[Verb, VerbSpec] = {
         Verb.SERVICES, ServicesArgs, ServicesResult, Role.VIEWER, False, "Services on the host."
     ),
     Verb.PULL: VerbSpec(Verb.PULL, PullArgs, PullResult, Role.OPERATOR, True, "Pull an image."),
+    Verb.IMAGES: VerbSpec(
+        Verb.IMAGES, ImagesArgs, ImagesResult, Role.VIEWER, False, "List images."
+    ),
+    Verb.LOGS: VerbSpec(
+        Verb.LOGS, LogsArgs, LogsResult, Role.VIEWER, False, "Logs of a container or service."
+    ),
+    Verb.CANCEL: VerbSpec(
+        Verb.CANCEL, CancelArgs, CancelResult, Role.VIEWER, False, "Stop a logs stream."
+    ),
+    Verb.STATS: VerbSpec(
+        Verb.STATS, StatsArgs, StatsResult, Role.VIEWER, False, "Resource usage snapshot."
+    ),
+    Verb.INSPECT: VerbSpec(
+        Verb.INSPECT, InspectArgs, InspectResult, Role.VIEWER, False, "Inspect a container."
+    ),
+    Verb.INFO: VerbSpec(Verb.INFO, InfoArgs, InfoResult, Role.VIEWER, False, "Engine details."),
+    Verb.EVENTS: VerbSpec(
+        Verb.EVENTS, EventsArgs, EventsResult, Role.VIEWER, False, "Recent container events."
+    ),
+    Verb.START: VerbSpec(
+        Verb.START, StartArgs, ContainerActionResult, Role.OPERATOR, True, "Start a container."
+    ),
+    Verb.STOP: VerbSpec(
+        Verb.STOP, StopArgs, ContainerActionResult, Role.OPERATOR, True, "Stop a container."
+    ),
+    Verb.RESTART: VerbSpec(
+        Verb.RESTART,
+        RestartArgs,
+        ContainerActionResult,
+        Role.OPERATOR,
+        True,
+        "Restart a container.",
+    ),
+    Verb.RM: VerbSpec(
+        Verb.RM, RmArgs, ContainerActionResult, Role.ADMIN, True, "Remove a container."
+    ),
 }
 
 
@@ -422,23 +807,3 @@ def required_role(verb: Verb, args: BaseModel) -> Role:
     if isinstance(args, PruneArgs) and PruneKind.VOLUMES in args.kinds:
         return Role.ADMIN
     return VERBS[verb].role
-
-
-# --- events -------------------------------------------------------------------
-
-
-class EventKind(StrEnum):
-    STARTED = "started"
-    STOPPING = "stopping"
-    ENGINE_LOST = "engine_lost"
-    ENGINE_REGAINED = "engine_regained"
-
-
-class AgentEvent(_Result):
-    """An agent lifecycle event, published on ``<prefix>.events.<host>.<kind>``."""
-
-    host_id: HostId
-    instance: str
-    kind: str
-    at: AwareDatetime
-    message: str = ""

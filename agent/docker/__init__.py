@@ -8,16 +8,33 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 
-from agent.docker import disk, services
+from agent.docker import disk, ops, services
 from agent.docker.containers import list_containers
 from agent.docker.system import engine_info, ping_engine
-from agent.engine import ContainerState, DiskSnapshot, EngineInfo, ImageInfo, PullProgress
-from protocol import ContainerSummary, DockerUnavailable, PsArgs, ServiceSpec
+from agent.engine import (
+    ContainerEventRecord,
+    ContainerState,
+    DiskSnapshot,
+    EngineInfo,
+    ImageInfo,
+    PullProgress,
+    Stream,
+)
+from protocol import (
+    ContainerSummary,
+    DockerUnavailable,
+    ImageSummary,
+    InfoResult,
+    LogLine,
+    PsArgs,
+    ServiceSpec,
+    StatsResult,
+)
 
 T = TypeVar("T")
 
@@ -132,6 +149,42 @@ class DockerEngine:
 
     def close(self) -> None:
         self._reset()
+
+    # --- everyday commands ------------------------------------------------------------
+
+    def list_images(self, all_images: bool) -> list[ImageSummary]:
+        return self._call(lambda client: ops.list_images(client, all_images))
+
+    def read_logs(self, container_id: str, tail: int, since: float | None) -> list[LogLine]:
+        return self._call(lambda client: ops.read_logs(client, container_id, tail, since))
+
+    def follow_logs(self, container_id: str, tail: int, since: float | None) -> Stream[LogLine]:
+        return self._call(lambda client: ops.follow_logs(client, container_id, tail, since))
+
+    def container_stats(self) -> StatsResult:
+        return self._call(ops.container_stats)
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return self._call(lambda client: ops.inspect_container(client, container_id))
+
+    def engine_details(self) -> InfoResult:
+        return self._call(ops.engine_details)
+
+    def restart_container(self, container_id: str, timeout: int) -> None:
+        # The read must outlast the engine's own stop timeout.
+        self._call(lambda c: ops.restart_container(c, container_id, timeout), long=True)
+
+    def delete_container(self, container_id: str, *, force: bool, volumes: bool) -> None:
+        self._call(
+            lambda c: ops.delete_container(c, container_id, force=force, volumes=volumes),
+            long=True,
+        )
+
+    def container_events(self, since: float | None) -> Stream[ContainerEventRecord]:
+        return self._call(lambda client: ops.container_events(client, since))
+
+    def past_container_events(self, since: float, until: float) -> list[ContainerEventRecord]:
+        return self._call(lambda client: ops.past_container_events(client, since, until))
 
 
 __all__ = ["DockerEngine"]

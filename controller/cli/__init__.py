@@ -11,6 +11,7 @@ import typer
 
 from controller import __version__
 from controller.cli import agents as agents_cmd
+from controller.cli import everyday
 from controller.cli import keys as keys_cmd
 from controller.cli import security as security_cmd
 from controller.cli.common import (
@@ -119,6 +120,16 @@ def main_callback(
 
 app.command(rich_help_panel="Fleet")(ps)
 app.add_typer(agents_cmd.app, name="agents", rich_help_panel="Fleet")
+app.command(rich_help_panel="Fleet")(everyday.images)
+app.command(rich_help_panel="Fleet")(everyday.stats)
+app.command(rich_help_panel="Fleet")(everyday.events)
+app.command(rich_help_panel="Fleet")(everyday.info)
+app.command(rich_help_panel="Containers")(everyday.logs)
+app.command(rich_help_panel="Containers")(everyday.inspect)
+app.command(rich_help_panel="Containers")(everyday.start)
+app.command(rich_help_panel="Containers")(everyday.stop)
+app.command(rich_help_panel="Containers")(everyday.restart)
+app.command(rich_help_panel="Containers")(everyday.rm)
 app.command(rich_help_panel="Disk")(df)
 app.command(rich_help_panel="Disk")(prune)
 app.command(rich_help_panel="Deploy")(deploy)

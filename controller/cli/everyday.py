@@ -1,0 +1,1130 @@
+"""Everyday commands: images, logs, stats, events, inspect, info, start, stop, restart, rm.
+
+Each command parses, calls one Fleet method, renders with Rich and exits with the
+fleet exit codes. Commands that change containers ask first on a terminal and
+refuse without one unless given ``--yes`` (as ``shoal prune`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from controller.cli.common import (
+    HostsOpt,
+    JsonOpt,
+    LabelsOpt,
+    LimitOpt,
+    RetriesOpt,
+    ServerOpt,
+    TimeoutOpt,
+    ago,
+    build_limit,
+    build_selector,
+    err,
+    finish,
+    human_size,
+    make_fleet,
+    out,
+    parse_duration,
+    print_json,
+    render_footer,
+    run,
+    usage_error,
+    with_progress,
+)
+from controller.fleet import DEFAULT_TIMEOUT, Fleet
+from controller.result import ExitCode, FleetResult
+from controller.targeting import Limit
+from protocol import (
+    CONTAINER_TARGET_PATTERN,
+    MAX_LOG_LINES,
+    AgentEvent,
+    ContainerActionResult,
+    ImagesResult,
+    ImageSummary,
+    InfoResult,
+    InspectResult,
+    LogLine,
+    LogsResult,
+    Selector,
+    StatsResult,
+)
+
+Action = Literal["start", "stop", "restart", "rm"]
+
+HOST_STYLES = (
+    "cyan",
+    "magenta",
+    "green",
+    "yellow",
+    "blue",
+    "bright_cyan",
+    "bright_magenta",
+    "bright_green",
+    "bright_yellow",
+    "bright_blue",
+)
+
+# --- shared pieces ----------------------------------------------------------------------
+
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CONTAINER_OR_SERVICE",
+        help="A container name or id, or a service name (then that service's current "
+        "container on each host; a service wins over a container of the same name).",
+        show_default=False,
+    ),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", metavar="DURATION", help="Only the last DURATION, e.g. 90s, 10m, 2h."),
+]
+
+
+def check_target(target: str) -> str:
+    if not re.fullmatch(CONTAINER_TARGET_PATTERN, target):
+        usage_error(f"invalid container or service name {target[:80]!r}")
+    return target
+
+
+def since_seconds(since: str | None) -> float | None:
+    if since is None:
+        return None
+    try:
+        return parse_duration(since)
+    except ValueError as exc:
+        usage_error(str(exc))
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def host_style(host: str) -> str:
+    """A stable color per host, so each host keeps its color from run to run."""
+    return HOST_STYLES[zlib.crc32(host.encode()) % len(HOST_STYLES)]
+
+
+def confirm_or_refuse(yes: bool, what: str) -> bool:
+    """Whether to ask before doing ``what``: on a terminal unless ``--yes``.
+
+    Without a terminal and without ``--yes``, refuse with exit code 2, as ``prune`` does.
+    """
+    if yes:
+        return False
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        err.print(f"[red]error:[/red] refusing to {what} without --yes when not on a terminal")
+        raise typer.Exit(int(ExitCode.USAGE))
+    return True
+
+
+@contextlib.asynccontextmanager
+async def interruptible() -> AsyncIterator[asyncio.Event]:
+    """An event set by the first Ctrl-C (or SIGTERM); a second Ctrl-C interrupts at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first(sig: signal.Signals) -> None:
+        stop.set()
+        loop.remove_signal_handler(sig)  # the next one is a plain KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, first, sig)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def short_id(image_id: str) -> str:
+    return image_id.rsplit(":", 1)[-1][:12]
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+def _identity(image: ImageSummary, repository: str, by_digest: bool) -> str:
+    if by_digest:
+        for digest in image.repo_digests:
+            repo, _, value = digest.partition("@")
+            if repo == repository:
+                return value
+    return image.id
+
+
+def image_spread(result: FleetResult[ImagesResult]) -> list[dict[str, Any]]:
+    """Per tag, across the hosts that answered: where it is missing, where it differs.
+
+    Images are told apart by their registry digest when every host holding the tag
+    has one for that repository (so a multi-platform image counts as one), else by
+    image id.
+    """
+    hosts = sorted(result.replies)
+    by_tag: dict[str, dict[str, ImageSummary]] = {}
+    for host, reply in result.replies.items():
+        for image in reply.images:
+            for tag in image.repo_tags:
+                by_tag.setdefault(tag, {})[host] = image
+    rows = []
+    for tag in sorted(by_tag):
+        present = by_tag[tag]
+        repository = tag.rsplit(":", 1)[0]
+        by_digest = all(
+            any(d.partition("@")[0] == repository for d in image.repo_digests)
+            for image in present.values()
+        )
+        variants: dict[str, list[str]] = {}
+        for host in sorted(present):
+            variants.setdefault(_identity(present[host], repository, by_digest), []).append(host)
+        groups = sorted(variants.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        missing = [h for h in hosts if h not in present]
+        rows.append(
+            {
+                "image": tag,
+                "present": sorted(present),
+                "missing": missing,
+                "different": sorted(h for _, group in groups[1:] for h in group),
+                "compared_by": "digest" if by_digest else "id",
+                "variants": [{"id": key, "hosts": group} for key, group in groups],
+                "uniform": len(groups) == 1 and not missing,
+            }
+        )
+    return rows
+
+
+def render_images(result: FleetResult[ImagesResult]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "ARCH"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "SIZE" else "left")
+    for host, reply in sorted(result.replies.items()):
+        for image in sorted(reply.images, key=lambda i: i.created, reverse=True):
+            arch = f"{image.architecture}/{image.variant}" if image.variant else image.architecture
+            for tag in image.repo_tags or ["<none>:<none>"]:
+                repository, _, name = tag.rpartition(":")
+                table.add_row(
+                    host,
+                    repository,
+                    name,
+                    short_id(image.id),
+                    ago(image.created),
+                    human_size(image.size),
+                    arch or "-",
+                )
+    out.print(table)
+
+
+def render_image_spread(rows: list[dict[str, Any]], hosts: int) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("IMAGE", "HOSTS", "STATUS", "MISSING ON", "DIFFERENT ON", "VARIANTS"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        if row["uniform"]:
+            status = Text("same", "green")
+        elif row["different"]:
+            status = Text("differs", "red")
+        else:
+            status = Text("missing", "yellow")
+        variants = (
+            "; ".join(f"{short_id(v['id'])}: {','.join(v['hosts'])}" for v in row["variants"])
+            if len(row["variants"]) > 1
+            else short_id(row["variants"][0]["id"])
+        )
+        table.add_row(
+            row["image"],
+            f"{len(row['present'])}/{hosts}",
+            status,
+            ", ".join(row["missing"]) or "-",
+            ", ".join(row["different"]) or "-",
+            variants,
+        )
+    out.print(table)
+
+
+def images(
+    ctx: typer.Context,
+    all_: Annotated[
+        bool, typer.Option("--all", "-a", help="Show intermediate images too.")
+    ] = False,
+    fleet_view: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="One row per tag: the hosts that lack it and those that hold a different "
+            "image under it.",
+        ),
+    ] = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    retries: RetriesOpt = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Images on every targeted host: repository, tag, id, created, size, architecture.
+
+    With --fleet, one row per tag instead: on how many hosts it is, which hosts lack
+    it, and which hold a different image under it (compared by registry digest when
+    every host has one, else by image id). --json carries both views ("fleet").
+    """
+    target = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def work() -> FleetResult[ImagesResult]:
+        async with fleet:
+            return await with_progress(
+                "asking the fleet…",
+                lambda: fleet.images(all_, selector=target, limit=sample, retries=retries),
+            )
+
+    result = run(work())
+    spread = image_spread(result)
+    if json_:
+        print_json({**result.to_json(), "fleet": spread})
+    else:
+        if fleet_view:
+            render_image_spread(spread, len(result.replies))
+        else:
+            render_images(result)
+        render_footer(result)
+    finish(result)
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+
+class LinePrinter:
+    """Prints log lines prefixed by host (colored on a terminal), or as JSON lines."""
+
+    def __init__(self, *, timestamps: bool, json_lines: bool) -> None:
+        self.timestamps = timestamps
+        self.json_lines = json_lines
+        self.color = is_terminal()
+        self.width = 0
+
+    def print(self, host: str, lines: list[LogLine]) -> None:
+        self.width = max(self.width, len(host))
+        for line in lines:
+            if self.json_lines:
+                document = {
+                    "type": "line",
+                    "host": host,
+                    "time": line.time.isoformat() if line.time else None,
+                    "text": line.text,
+                }
+                sys.stdout.write(json.dumps(document) + "\n")
+                continue
+            stamp = f"{line.time.isoformat()} " if self.timestamps and line.time else ""
+            if self.color:
+                out.print(
+                    Text.assemble((host.ljust(self.width), host_style(host)), " | ", stamp),
+                    Text(line.text),
+                    sep="",
+                    soft_wrap=True,
+                )
+            else:
+                sys.stdout.write(f"{host.ljust(self.width)} | {stamp}{line.text}\n")
+        sys.stdout.flush()
+
+
+def merged_lines(result: FleetResult[LogsResult]) -> list[tuple[str, LogLine]]:
+    """Every host's lines in one list, by time (each host's order kept)."""
+    items = [
+        (host, index, line)
+        for host, reply in sorted(result.replies.items())
+        for index, line in enumerate(reply.lines)
+    ]
+    earliest = datetime.min.replace(tzinfo=UTC)
+    items.sort(key=lambda item: item[2].time or earliest)
+    return [(host, line) for host, _, line in items]
+
+
+def logs(
+    ctx: typer.Context,
+    target: TargetArg,
+    tail: Annotated[
+        int,
+        typer.Option("--tail", "-n", min=0, max=MAX_LOG_LINES, help="Lines to show per host."),
+    ] = 100,
+    since: SinceOpt = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Stream new lines from every host at once until Ctrl-C (at most an hour).",
+        ),
+    ] = False,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", help="Show each line's time.")
+    ] = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="One JSON document; with --follow, JSON lines (one per log line)."
+        ),
+    ] = False,
+) -> None:
+    """Logs of a container, or of a service's current container, on every targeted host.
+
+    Every line is prefixed by its host. With --follow, lines stream from all hosts
+    at once; Ctrl-C stops every stream on the hosts and exits (a second Ctrl-C
+    does not wait for them).
+    """
+    check_target(target)
+    seconds = since_seconds(since)
+    selection = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+    printer = LinePrinter(timestamps=timestamps, json_lines=json_ and follow)
+
+    if follow:
+
+        async def stream() -> FleetResult[LogsResult]:
+            async with fleet, interruptible() as stop:
+                return await fleet.follow_logs(
+                    target,
+                    printer.print,
+                    stop,
+                    tail=tail,
+                    since=seconds,
+                    selector=selection,
+                    limit=sample,
+                )
+
+        result = run(stream())
+        if json_:
+            sys.stdout.write(json.dumps({"type": "result", **result.to_json()}) + "\n")
+        render_footer(result)
+        finish(result)
+
+    async def work() -> FleetResult[LogsResult]:
+        async with fleet:
+            return await with_progress(
+                "asking the fleet…",
+                lambda: fleet.logs(
+                    target, tail=tail, since=seconds, selector=selection, limit=sample
+                ),
+            )
+
+    result = run(work())
+    if json_:
+        print_json(result.to_json())
+    else:
+        for host_id, line in merged_lines(result):
+            printer.print(host_id, [line])
+        render_footer(result)
+    finish(result)
+
+
+# --- stats --------------------------------------------------------------------------------
+
+_TOTAL_KEYS = (
+    "containers",
+    "cpus",
+    "memory_total",
+    "cpu_percent",
+    "memory_usage",
+    "net_rx",
+    "net_tx",
+    "block_read",
+    "block_write",
+    "pids",
+)
+
+
+def stats_totals(result: FleetResult[StatsResult]) -> dict[str, Any]:
+    """The sums over every host that answered."""
+    totals: dict[str, Any] = dict.fromkeys(_TOTAL_KEYS, 0)
+    for reply in result.replies.values():
+        for key in _TOTAL_KEYS:
+            totals[key] += getattr(reply.host, key)
+    totals["cpu_percent"] = round(totals["cpu_percent"], 2)
+    totals["hosts"] = len(result.replies)
+    return totals
+
+
+def _pair(a: int, b: int) -> str:
+    return f"{human_size(a)} / {human_size(b)}"
+
+
+def stats_table(result: FleetResult[StatsResult]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns = (
+        "HOST",
+        "CONTAINER ID",
+        "NAME",
+        "CPU %",
+        "MEM USAGE / LIMIT",
+        "MEM %",
+        "NET I/O",
+        "BLOCK I/O",
+        "PIDS",
+    )
+    for column in columns:
+        numeric = column in ("CPU %", "MEM %", "PIDS")
+        table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
+    for host, reply in sorted(result.replies.items()):
+        for c in reply.containers:
+            table.add_row(
+                host,
+                c.id[:12],
+                c.name,
+                f"{c.cpu_percent:.2f}%",
+                _pair(c.memory_usage, c.memory_limit),
+                f"{c.memory_percent:.2f}%",
+                _pair(c.net_rx, c.net_tx),
+                _pair(c.block_read, c.block_write),
+                str(c.pids),
+            )
+    table.add_section()
+    for host, reply in sorted(result.replies.items()):
+        h = reply.host
+        table.add_row(
+            Text(host, "bold"),
+            "",
+            f"{h.containers} running, {h.cpus} CPUs",
+            f"{h.cpu_percent:.2f}%",
+            _pair(h.memory_usage, h.memory_total),
+            f"{100 * h.memory_usage / h.memory_total:.2f}%" if h.memory_total else "-",
+            _pair(h.net_rx, h.net_tx),
+            _pair(h.block_read, h.block_write),
+            str(h.pids),
+        )
+    if len(result.replies) > 1:
+        t = stats_totals(result)
+        table.add_row(
+            Text("fleet", "bold"),
+            "",
+            f"{t['containers']} running, {t['cpus']} CPUs",
+            f"{t['cpu_percent']:.2f}%",
+            _pair(t["memory_usage"], t["memory_total"]),
+            f"{100 * t['memory_usage'] / t['memory_total']:.2f}%" if t["memory_total"] else "-",
+            _pair(t["net_rx"], t["net_tx"]),
+            _pair(t["block_read"], t["block_write"]),
+            str(t["pids"]),
+        )
+    return table
+
+
+def _footer_text(result: FleetResult[StatsResult]) -> Text:
+    text = Text(f"{len(result.replies)}/{len(result.targeted)} hosts answered ok", "dim")
+    for host, error in sorted(result.errors.items()):
+        text.append(f"\nerror {host}: {error.code}: {error.message}", "red")
+    for host in result.missing:
+        text.append(f"\nmissing {host}", "yellow")
+    return text
+
+
+def stats(
+    ctx: typer.Context,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=1.0, help="Seconds between refreshes with --watch."),
+    ] = 5.0,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON document; with --watch, one per line per refresh."),
+    ] = False,
+) -> None:
+    """CPU, memory, network and block I/O per container, per host and for the fleet.
+
+    One snapshot of every running container, as `docker stats --no-stream` shows it
+    (CPU 100% is one CPU fully used; memory excludes the page cache), then the sums
+    per host (against the host's CPUs and memory) and for the fleet. --watch takes
+    a new snapshot every --interval seconds until Ctrl-C.
+    """
+    target = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def snapshot() -> FleetResult[StatsResult]:
+        return await fleet.stats(selector=target, limit=sample)
+
+    if not watch:
+
+        async def once() -> FleetResult[StatsResult]:
+            async with fleet:
+                return await with_progress("sampling the fleet…", snapshot)
+
+        result = run(once())
+        if json_:
+            print_json({**result.to_json(), "totals": stats_totals(result)})
+        else:
+            out.print(stats_table(result))
+            render_footer(result)
+        finish(result)
+
+    async def watching() -> FleetResult[StatsResult] | None:
+        last: FleetResult[StatsResult] | None = None
+        live = Live(Text("sampling the fleet…"), console=out, auto_refresh=False)
+        use_live = is_terminal() and not json_
+        async with fleet, interruptible() as stop:
+            with live if use_live else contextlib.nullcontext():
+                while not stop.is_set():
+                    began = asyncio.get_running_loop().time()
+                    sampling = asyncio.create_task(snapshot())
+                    stopping = asyncio.create_task(stop.wait())
+                    await asyncio.wait({sampling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    if not sampling.done():
+                        sampling.cancel()
+                        await asyncio.gather(sampling, return_exceptions=True)
+                        break
+                    last = sampling.result()
+                    if json_:
+                        document = {**last.to_json(), "totals": stats_totals(last)}
+                        sys.stdout.write(json.dumps(document, default=str) + "\n")
+                        sys.stdout.flush()
+                    elif use_live:
+                        live.update(Group(stats_table(last), _footer_text(last)), refresh=True)
+                    else:
+                        out.print(stats_table(last))
+                        render_footer(last)
+                        sys.stdout.write("\n")
+                        sys.stdout.flush()
+                    remaining = interval - (asyncio.get_running_loop().time() - began)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, remaining)):
+                            await stop.wait()
+        return last
+
+    last = run(watching())
+    if last is None:
+        raise typer.Exit(int(ExitCode.OK))
+    finish(last)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+def _event_key(event: AgentEvent) -> tuple[str, str, str, str]:
+    container = event.container
+    return (
+        event.host_id,
+        event.at.isoformat(),
+        container.id if container else "",
+        container.action if container else event.kind,
+    )
+
+
+class EventPrinter:
+    def __init__(self, *, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.color = is_terminal()
+
+    def print(self, event: AgentEvent) -> None:
+        if self.json_lines:
+            sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+            return
+        when = event.at.astimezone().isoformat(timespec="milliseconds")
+        detail = ""
+        if event.container is not None:
+            c = event.container
+            extra = [f"image {c.image}"] if c.image else []
+            if c.service:
+                extra.append(f"service {c.service}")
+            detail = f" ({', '.join(extra)})" if extra else ""
+        line = Text(f"{when} ")
+        line.append(event.host_id, host_style(event.host_id) if self.color else "")
+        style = "red" if event.kind == "engine_lost" else ""
+        line.append(f" {event.kind}", style if self.color else "")
+        line.append(f" {event.message}{detail}")
+        if self.color:
+            out.print(line, soft_wrap=True)
+        else:
+            sys.stdout.write(line.plain + "\n")
+        sys.stdout.flush()
+
+
+def events(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DURATION",
+            help="First show the container events of the last DURATION that the engines "
+            "still hold (Docker keeps its latest events only; agent events are not kept).",
+        ),
+    ] = None,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: Annotated[bool, typer.Option("--json", help="JSON lines, one per event.")] = False,
+) -> None:
+    """A live stream of container and agent events from the whole fleet, until Ctrl-C.
+
+    Container events: create, start, restart, stop, kill, die, oom, destroy, pause,
+    unpause, rename, update, health_status. Agent events: started, stopping,
+    engine_lost, engine_regained. Events are not stored: only those published
+    while the command runs are shown, plus, with --since, the container events the
+    engines still hold.
+    """
+    seconds = since_seconds(since)
+    target = build_selector(host, selector)
+    fleet = make_fleet(ctx, server, timeout)
+    printer = EventPrinter(json_lines=json_)
+
+    async def work() -> int:
+        code = int(ExitCode.OK)
+        async with fleet, interruptible() as stop:
+            stream = await fleet.watch_events(target)
+            seen: set[tuple[str, str, str, str]] = set()
+            if seconds is not None:
+                history = await fleet.event_history(seconds, selector=target)
+                past = sorted(
+                    (e for reply in history.replies.values() for e in reply.events),
+                    key=lambda e: e.at,
+                )
+                for event in past:
+                    seen.add(_event_key(event))
+                    printer.print(event)
+                if not history.ok:
+                    render_footer(history)
+                    code = int(history.exit_code)
+
+            async def consume() -> None:
+                async for event in stream:
+                    if _event_key(event) not in seen:
+                        printer.print(event)
+
+            err.print("watching the fleet's events (Ctrl-C to stop)…")
+            reader = asyncio.create_task(consume())
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, stopping):
+                    task.cancel()
+                await asyncio.gather(reader, stopping, return_exceptions=True)
+                await stream.aclose()
+        return code
+
+    raise typer.Exit(run(work()))
+
+
+# --- inspect and info ---------------------------------------------------------------------
+
+
+def render_inspect(result: FleetResult[InspectResult]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns = (
+        "HOST",
+        "CONTAINER ID",
+        "NAME",
+        "IMAGE",
+        "STATE",
+        "HEALTH",
+        "STARTED",
+        "RESTARTS",
+        "SERVICE",
+    )
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for host, reply in sorted(result.replies.items()):
+        details = reply.details
+        state = details.get("State") or {}
+        health = (state.get("Health") or {}).get("Status", "")
+        table.add_row(
+            host,
+            reply.container.id[:12],
+            reply.container.name,
+            str((details.get("Config") or {}).get("Image", "")),
+            str(state.get("Status", "")),
+            health or "-",
+            str(state.get("StartedAt", ""))[:19].replace("T", " ") or "-",
+            str(details.get("RestartCount", 0)),
+            reply.container.service or "-",
+        )
+    out.print(table)
+
+
+def inspect(
+    ctx: typer.Context,
+    target: TargetArg,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    retries: RetriesOpt = 0,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="The full inspect document of every host, in one document."),
+    ] = False,
+) -> None:
+    """Inspect a container, or a service's current container, on every targeted host.
+
+    A summary table; with --json the engine's full inspect document per host.
+    """
+    check_target(target)
+    selection = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def work() -> FleetResult[InspectResult]:
+        async with fleet:
+            return await with_progress(
+                "asking the fleet…",
+                lambda: fleet.inspect(target, selector=selection, limit=sample, retries=retries),
+            )
+
+    result = run(work())
+    if json_:
+        print_json(result.to_json())
+    else:
+        render_inspect(result)
+        render_footer(result)
+    finish(result)
+
+
+def render_info(result: FleetResult[InfoResult]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    columns = (
+        "HOST",
+        "DOCKER",
+        "API",
+        "OS",
+        "KERNEL",
+        "ARCH",
+        "CPUS",
+        "MEMORY",
+        "CONTAINERS",
+        "IMAGES",
+        "STORAGE",
+        "CGROUP",
+        "ROOT DIR",
+    )
+    for column in columns:
+        numeric = column in ("CPUS", "MEMORY", "IMAGES")
+        table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
+    for host, i in sorted(result.replies.items()):
+        table.add_row(
+            host,
+            i.server_version,
+            i.api_version,
+            i.operating_system,
+            i.kernel,
+            i.architecture,
+            str(i.cpus),
+            human_size(i.memory_total),
+            f"{i.containers_running}/{i.containers} running",
+            str(i.images),
+            i.storage_driver,
+            f"{i.cgroup_driver} v{i.cgroup_version}" if i.cgroup_version else i.cgroup_driver,
+            i.docker_root_dir,
+        )
+    out.print(table)
+
+
+def info(
+    ctx: typer.Context,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    retries: RetriesOpt = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Docker engine details of every targeted host, as `docker info` shows them."""
+    selection = build_selector(host, selector)
+    sample = build_limit(limit)
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def work() -> FleetResult[InfoResult]:
+        async with fleet:
+            return await with_progress(
+                "asking the fleet…",
+                lambda: fleet.info(selector=selection, limit=sample, retries=retries),
+            )
+
+    result = run(work())
+    if json_:
+        print_json(result.to_json())
+    else:
+        render_info(result)
+        render_footer(result)
+    finish(result)
+
+
+# --- start, stop, restart, rm -------------------------------------------------------------
+
+ActionAwaitable = Awaitable[FleetResult[ContainerActionResult]]
+ActionCall = Callable[[Fleet, Selector, Limit | None], ActionAwaitable]
+
+_DOING = {"start": "start", "stop": "stop", "restart": "restart", "rm": "remove"}
+
+
+def render_preview(result: FleetResult[InspectResult]) -> None:
+    """What a container action would touch, on stderr (stdout stays for the result)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "CONTAINER ID", "NAME", "STATE", "SERVICE"):
+        table.add_column(column, no_wrap=True)
+    for host, reply in sorted(result.replies.items()):
+        c = reply.container
+        table.add_row(host, c.id[:12], c.name, c.state, c.service or "-")
+    err.print(table)
+    render_footer(result)
+
+
+def render_action(result: FleetResult[ContainerActionResult]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "CONTAINER ID", "NAME", "SERVICE", "BEFORE", "AFTER"):
+        table.add_column(column, no_wrap=True)
+    for host, reply in sorted(result.replies.items()):
+        c = reply.container
+        table.add_row(
+            host,
+            c.id[:12],
+            c.name,
+            c.service or "-",
+            reply.before,
+            Text(reply.after, "green" if reply.changed else "dim"),
+        )
+    out.print(table)
+
+
+def run_container_action(
+    ctx: typer.Context,
+    action: Action,
+    target: str,
+    call: ActionCall,
+    *,
+    yes: bool,
+    host: list[str] | None,
+    selector: list[str] | None,
+    limit: str | None,
+    server: str | None,
+    timeout: float,
+    json_: bool,
+) -> None:
+    """The flow every container action shares: confirm on a terminal, act, report."""
+    check_target(target)
+    selection = build_selector(host, selector)
+    sample = build_limit(limit)
+    doing = _DOING[action]
+    if confirm_or_refuse(yes, f"{doing} containers"):
+
+        async def look() -> FleetResult[InspectResult]:
+            async with make_fleet(ctx, server, timeout) as fleet:
+                return await with_progress(
+                    "asking the fleet…",
+                    lambda: fleet.inspect(target, selector=selection, limit=sample),
+                )
+
+        preview = run(look())
+        render_preview(preview)
+        if not preview.replies:
+            finish(preview)
+        hosts = len(preview.replies)
+        question = f"{doing.capitalize()} {target} on {hosts} host{'s' if hosts != 1 else ''}?"
+        if not typer.confirm(question, default=False, err=True):
+            err.print("aborted; nothing changed")
+            raise typer.Exit(int(ExitCode.OK))
+        selection, sample = Selector(hosts=tuple(preview.targeted)), None
+
+    async def work() -> FleetResult[ContainerActionResult]:
+        async with make_fleet(ctx, server, timeout) as fleet:
+            return await with_progress(f"{doing}…", lambda: call(fleet, selection, sample))
+
+    result = run(work())
+    if json_:
+        print_json(result.to_json())
+    else:
+        render_action(result)
+        render_footer(result)
+    finish(result)
+
+
+StopTimeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--time",
+        min=0,
+        max=3600,
+        metavar="SECONDS",
+        help="Seconds to wait for the container to stop before killing it. "
+        "\\[default: the container's own stop timeout]",
+        show_default=False,
+    ),
+]
+
+
+def start(
+    ctx: typer.Context,
+    target: TargetArg,
+    yes: YesOpt = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: JsonOpt = False,
+) -> None:
+    """Start a container, or a service's current container, on every targeted host.
+
+    Needs the operator role. Asks first on a terminal; needs --yes without one.
+    """
+
+    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
+        return fleet.start_container(target, selector=sel, limit=lim)
+
+    run_container_action(
+        ctx,
+        "start",
+        target,
+        call,
+        yes=yes,
+        host=host,
+        selector=selector,
+        limit=limit,
+        server=server,
+        timeout=timeout,
+        json_=json_,
+    )
+
+
+def stop(
+    ctx: typer.Context,
+    target: TargetArg,
+    time_: StopTimeOpt = None,
+    yes: YesOpt = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: JsonOpt = False,
+) -> None:
+    """Stop a container, or a service's current container, on every targeted host.
+
+    Needs the operator role. Asks first on a terminal; needs --yes without one.
+    """
+
+    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
+        return fleet.stop_container(target, stop_timeout=time_, selector=sel, limit=lim)
+
+    run_container_action(
+        ctx,
+        "stop",
+        target,
+        call,
+        yes=yes,
+        host=host,
+        selector=selector,
+        limit=limit,
+        server=server,
+        timeout=timeout,
+        json_=json_,
+    )
+
+
+def restart(
+    ctx: typer.Context,
+    target: TargetArg,
+    time_: StopTimeOpt = None,
+    yes: YesOpt = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: JsonOpt = False,
+) -> None:
+    """Restart a container, or a service's current container, on every targeted host.
+
+    Needs the operator role. Asks first on a terminal; needs --yes without one.
+    """
+
+    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
+        return fleet.restart_container(target, stop_timeout=time_, selector=sel, limit=lim)
+
+    run_container_action(
+        ctx,
+        "restart",
+        target,
+        call,
+        yes=yes,
+        host=host,
+        selector=selector,
+        limit=limit,
+        server=server,
+        timeout=timeout,
+        json_=json_,
+    )
+
+
+def rm(
+    ctx: typer.Context,
+    target: TargetArg,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Remove a running container (kill it).")
+    ] = False,
+    volumes: Annotated[
+        bool, typer.Option("--volumes", "-v", help="Remove its anonymous volumes too.")
+    ] = False,
+    yes: YesOpt = False,
+    host: HostsOpt = None,
+    selector: LabelsOpt = None,
+    limit: LimitOpt = None,
+    server: ServerOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove a container, or a service's current container, on every targeted host.
+
+    Needs the admin role. A service keeps its record: `shoal services` shows it
+    missing, `shoal deploy` brings it back. Asks first on a terminal; needs --yes
+    without one.
+    """
+
+    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
+        return fleet.remove_container(target, force=force, volumes=volumes, selector=sel, limit=lim)
+
+    run_container_action(
+        ctx,
+        "rm",
+        target,
+        call,
+        yes=yes,
+        host=host,
+        selector=selector,
+        limit=limit,
+        server=server,
+        timeout=timeout,
+        json_=json_,
+    )
