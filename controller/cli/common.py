@@ -286,8 +286,13 @@ def render_footer(result: FleetResult[Any]) -> None:
             reason = "timed out while running (it is still working on it)"
         elif host in result.unreported:
             st = result.unreported[host]
-            outcome = "ok" if st.ok else f"failed: {st.error_code}"
-            reason = f"finished ({outcome}) but its reply was lost"
+            if st.state == "unknown":
+                reason = "never received the request"
+            elif st.state == "interrupted":
+                reason = "the agent stopped before finishing the request"
+            else:
+                outcome = "ok" if st.ok else f"failed: {st.error_code}"
+                reason = f"finished ({outcome}) but its reply was lost"
         else:
             reason = "no answer"
         err.print(f"[yellow]missing[/yellow] {host}: {reason}")
