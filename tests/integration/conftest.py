@@ -144,3 +144,31 @@ def app_images(engines: list[DockerEngine], registry: Registry) -> dict[str, str
             client.images.remove(ref)  # agents must pull it, even on host-a
             refs[version] = ref
     return refs
+
+
+SESSION_HOSTS = frozenset(LABELS)
+
+
+@pytest.fixture(autouse=True)
+def _forget_extra_hosts(request: pytest.FixtureRequest) -> None:
+    """Before a test on the session's NATS server, forget hosts earlier tests added.
+
+    Tests start extra agents (in-process or as processes, some module-scoped); once
+    stopped they stay known as offline, and would count as missing in later tests
+    that target the whole fleet.
+    """
+    if "nats_server" not in request.fixturenames:
+        return
+    server: NatsServer = request.getfixturevalue("nats_server")
+    if server.running:
+        asyncio.run(_forget_all_but_session_hosts(server.url))
+
+
+async def _forget_all_but_session_hosts(url: str) -> None:
+    async with Fleet(NatsOptions(servers=url), discovery_window=0.2) as fleet:
+        registry = await fleet.registry()
+        if registry is None:
+            return
+        for record in await registry.read():
+            if record.host_id not in SESSION_HOSTS:
+                await registry.forget(record.host_id)
