@@ -330,7 +330,12 @@ class Agent:
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("could not announce leaving: %s", exc)
         if nc is not None and not nc.is_closed:
-            await nc.close()
+            try:
+                async with asyncio.timeout(5):
+                    await nc.close()
+            except (nats.errors.Error, OSError, RuntimeError, TimeoutError) as exc:
+                # NATS may be down while we stop: pending data is lost, the exit stays clean.
+                log.warning("closing the NATS connection: %s", exc or type(exc).__name__)
         self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
         if self.metrics_server is not None:

@@ -34,7 +34,7 @@ from controller.registry import AgentRecord, Registry, is_online
 from controller.result import FleetResult
 from controller.rollout import RolloutEvent, deploy_rollout, rollback_rollout
 from controller.targeting import Limit, Targets, resolve_targets
-from controller.transport import connect
+from controller.transport import connect, nats_errors
 from protocol import (
     LOG_PHASE,
     MAX_FOLLOW_SECONDS,
@@ -150,7 +150,10 @@ class Fleet:
         """Drain and close; safe to call twice."""
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except (nats.errors.Error, OSError, RuntimeError):
+                await nc.close()  # not connected: nothing left to drain
 
     @property
     def nc(self) -> NATS:
@@ -283,18 +286,19 @@ class Fleet:
         attempts = 1 + (max(0, retries) if not spec.mutating else 0)
         gathered = None
         for _ in range(attempts):
-            gathered = await gather_replies(
-                self.nc,
-                self.subjects,
-                verb,
-                args.model_dump(mode="json"),
-                pending,
-                timeout=wait,
-                sender=self.sender,
-                on_progress=on_progress,
-                on_reply=on_reply,
-                signer=self.signer,
-            )
+            async with nats_errors(f"{verb} request"):
+                gathered = await gather_replies(
+                    self.nc,
+                    self.subjects,
+                    verb,
+                    args.model_dump(mode="json"),
+                    pending,
+                    timeout=wait,
+                    sender=self.sender,
+                    on_progress=on_progress,
+                    on_reply=on_reply,
+                    signer=self.signer,
+                )
             result.request_id = result.request_id or gathered.request_id
             self._collect(result, gathered, spec.result)
             pending = [h for h in gathered.missing if h not in gathered.no_responders]

@@ -7,6 +7,7 @@ hosts that did not answer are named, never counted as success.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import Field, TypeAdapter, ValidationError
@@ -187,8 +189,9 @@ async def gather_replies(
             except TimeoutError:
                 continue
     finally:
-        await sub.unsubscribe()
-    if waiting and follow_up:
+        with contextlib.suppress(nats.errors.Error):  # the connection may be gone by now
+            await sub.unsubscribe()
+    if waiting and follow_up and nc.is_connected:
         await _ask_status(nc, subjects, result, waiting, timeout, sender, signer)
     result.missing = sorted([*waiting, *result.no_responders])
     result.duration = time.monotonic() - started

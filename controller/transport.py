@@ -33,7 +33,7 @@ async def connect(options: NatsOptions, *, connect_timeout: float = 3.0) -> NATS
     try:
         # nats-py can hang after a failed TLS handshake: bound the whole attempt.
         async with asyncio.timeout((connect_timeout + 1) * attempts * len(options.servers)):
-            return await nats.connect(
+            nc = await nats.connect(
                 **options.connect_kwargs(),
                 connect_timeout=connect_timeout,
                 allow_reconnect=True,
@@ -42,6 +42,11 @@ async def connect(options: NatsOptions, *, connect_timeout: float = 3.0) -> NATS
                 error_cb=remember_error,
                 pending_size=64 * 1024 * 1024,
             )
+        # Connected: from now on ride out a server restart (a minute of retries) instead
+        # of giving up after the quick attempts that suit the first connect.
+        nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
+        nc.options["reconnect_time_wait"] = 1.0
+        return nc
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         causes = [*errors, exc]
         tls_failure = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
@@ -60,6 +65,24 @@ async def connect(options: NatsOptions, *, connect_timeout: float = 3.0) -> NATS
             f"cannot reach NATS at {servers} ({detail}); is the server running? "
             "(set --server or NATS_URL)"
         ) from exc
+
+
+RECONNECT_ATTEMPTS = 60
+
+
+@asynccontextmanager
+async def nats_errors(action: str) -> AsyncIterator[None]:
+    """Translate a NATS connection lost mid-operation into :class:`ConnectError`."""
+    try:
+        yield
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.StaleConnectionError,
+    ) as exc:
+        raise ConnectError(f"{action}: lost the connection to NATS ({type(exc).__name__})") from exc
+    except nats.errors.Error as exc:
+        raise ConnectError(f"{action}: NATS error: {exc}") from exc
 
 
 @asynccontextmanager

@@ -28,8 +28,11 @@ async def test_a_host_with_thousands_of_containers_answers_in_full(
 ) -> None:
     containers = [make_container(f"job-{i:05d}", labels={"n": str(i)}) for i in range(3000)]
     settings = AgentSettings(
-        servers=(small_server.url,), host_id="big-host", insecure=True,
-        state_dir=small_server.workdir / "agent", heartbeat_interval=5,
+        servers=(small_server.url,),
+        host_id="big-host",
+        insecure=True,
+        state_dir=small_server.workdir / "agent",
+        heartbeat_interval=5,
     )
     agent = Agent(settings, engine=FakeEngine(containers))
     await agent.start()
