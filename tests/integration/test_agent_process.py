@@ -29,14 +29,27 @@ def token_server(stack_dir: Path) -> Iterator[NatsServer]:
         yield server
 
 
+STARTED: list[AgentProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_agents() -> Iterator[None]:
+    """Every agent a test here made is stopped, whatever the test's outcome."""
+    yield
+    while STARTED:
+        STARTED.pop().stop()
+
+
 def agent(workdir: Path, server: str, *extra: str) -> AgentProcess:
-    return AgentProcess(
+    process = AgentProcess(
         workdir,
         server=server,
         host_id=f"edge-{free_port()}",
         docker_host="unix:///nonexistent/docker.sock",
         extra=list(extra),
     )
+    STARTED.append(process)
+    return process
 
 
 def test_refused_credentials_end_the_agent_with_exit_1(
