@@ -385,9 +385,14 @@ async def test_nats_restart_under_a_stream_of_requests(nats_server: NatsServer, 
                 assert outcome.error is None or outcome.error.message
                 continue
             result = outcome.result
-            assert sorted(result.targeted) == sorted(hosts), result.to_json()
+            # Right after the restart JetStream may still be recovering: the controller then
+            # discovers by ping, and targets only the agents that answered it. Whatever it
+            # targets is answered or reported; nothing else may run the request.
+            assert set(result.targeted) <= set(hosts), result.to_json()
             assert not result.errors, result.to_json()
-            for host in hosts:
+            for host in set(hosts) - set(result.targeted):
+                assert ran[host] == 0, result.to_json()
+            for host in result.targeted:
                 placed = [host in result.replies, host in result.missing]
                 assert placed.count(True) == 1, result.to_json()  # answered xor reported
                 if host in result.replies:
