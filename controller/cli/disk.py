@@ -370,8 +370,9 @@ def prune(
                 show,
             )
         )
-        render_prune_items(preview)
-        render_prune_summary(preview)
+        if not json_:  # with --json, stdout carries only the final document
+            render_prune_items(preview)
+            render_prune_summary(preview)
         render_footer(preview)
         if not preview.replies:
             finish(preview)
