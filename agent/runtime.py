@@ -73,6 +73,7 @@ from protocol import (
     Verb,
     decode_request,
     error_reply,
+    nkey,
     normalize_arch,
     request_head,
     required_role,
@@ -234,7 +235,12 @@ class Agent:
         await self._probe_engine()
         if not self.host_id:
             self.host_id = self._default_host_id()
-        log.info("agent %s starting (instance %s)", self.host_id, self.instance)
+        log.info(
+            "agent %s starting (instance %s, ed25519 by %s)",
+            self.host_id,
+            self.instance,
+            nkey.backend.name,
+        )
         if self.trust is None:
             log.warning(
                 "INSECURE MODE: this agent accepts UNSIGNED requests from anyone who can "

@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import nacl.signing
-import nkeys
-
 from agent.trust import TrustEntry, render_trust
-from protocol import Role, Subjects, validate_host_id
-from protocol.signing import Signer
+from protocol import Role, Subjects, nkey, validate_host_id
 
 RESPONSE_LIMIT = {"max": 100_000, "expires": "1h"}
 """How many messages an agent may send to a requester's inbox, and for how long:
@@ -51,8 +47,8 @@ def controller_permissions(subjects: Subjects) -> dict[str, object]:
 
 def new_nkey_user() -> tuple[str, bytes]:
     """A fresh NATS nkey user: (public key, seed)."""
-    seed = nkeys.encode_seed(nacl.signing.SigningKey.generate().encode(), nkeys.PREFIX_BYTE_USER)
-    return Signer(seed).public_key, bytes(seed)
+    pair = nkey.KeyPair.generate(nkey.PREFIX_BYTE_USER)
+    return pair.public_key_text, pair.seed_text.encode()
 
 
 def nats_user_entry(public_key: str, permissions: dict[str, object], comment: str) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocol import nkey
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
@@ -77,6 +79,10 @@ class NatsOptions(BaseModel):
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (without callbacks or timings)."""
         kwargs: dict[str, Any] = {"servers": list(self.servers), "name": self.name}
+        if self.creds is not None or self.nkey is not None:
+            # nats-py signs the server's nonce with the nkeys package, which needs
+            # PyNaCl; where that has no wheel (armv7), a stand-in does the same.
+            nkey.provide_nkeys_module()
         if self.creds is not None:
             kwargs["user_credentials"] = str(self.creds)
         if self.nkey is not None:

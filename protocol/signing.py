@@ -8,7 +8,7 @@ round-trip form, e.g. ``60.0``, ``1.5``). Both sides compute them from the JSON
 object (not from a re-serialised model); docs/security.md has a test vector.
 
 Keys are NATS nkeys: a user seed (``SU…``) signs, its public key (``U…``) is
-what agents trust.
+what agents trust (``protocol.nkey`` reads and writes them).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import functools
 import json
 from typing import Any
 
-import nacl.exceptions
-import nacl.signing
-import nkeys
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol import nkey
 from protocol.errors import ErrorCode, ShoalError
 
 SIGNATURE_ALGORITHM = "ed25519-nkey"
@@ -71,20 +69,17 @@ def decode_public_key(public_key: str) -> bytes:
     if not isinstance(public_key, str) or not public_key.startswith(_PUBLIC_USER_PREFIX):
         raise InvalidKey(f"not a public user key (U…): {str(public_key)[:20]!r}")
     try:
-        raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidKey(f"malformed public key {public_key[:20]!r}") from exc
-    if len(raw) != 35 or raw[0] != nkeys.PREFIX_BYTE_USER:
-        raise InvalidKey(f"malformed public key {public_key[:20]!r}")
-    body, checksum = raw[:-2], int.from_bytes(raw[-2:], "little")
-    if nkeys.crc16(bytearray(body)) != checksum:
-        raise InvalidKey(f"public key {public_key[:20]!r} fails its checksum")
-    return bytes(body[1:])
+        return nkey.decode_public_key(public_key, nkey.PREFIX_BYTE_USER)
+    except nkey.NkeyError as exc:
+        raise InvalidKey(f"malformed public key {public_key[:20]!r}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=1024)
-def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
-    return nacl.signing.VerifyKey(decode_public_key(public_key))
+def _verify_key(public_key: str) -> nkey.VerifyKey:
+    try:
+        return nkey.backend.verify_key(decode_public_key(public_key))
+    except nkey.NkeyError as exc:
+        raise InvalidKey(f"malformed public key {public_key[:20]!r}: {exc}") from exc
 
 
 def validate_public_key(public_key: str) -> str:
@@ -96,28 +91,23 @@ class Signer:
     """Signs requests with a user seed."""
 
     def __init__(self, seed: bytes | str, *, name: str = "") -> None:
-        seed_bytes = seed.encode() if isinstance(seed, str) else bytes(seed)
-        seed_bytes = seed_bytes.strip()
+        text = seed.decode(errors="replace") if isinstance(seed, bytes | bytearray) else seed
         try:
-            self._pair = nkeys.from_seed(bytearray(seed_bytes))
-            public = self._pair.public_key.decode()
-        except Exception as exc:  # nkeys raises assorted errors for bad seeds
-            raise InvalidKey("malformed signing key seed") from exc
-        if not public.startswith(_PUBLIC_USER_PREFIX):
+            self._pair = nkey.KeyPair(text.strip())
+        except nkey.NkeyError as exc:
+            raise InvalidKey(f"malformed signing key seed: {exc}") from exc
+        if self._pair.prefix != nkey.PREFIX_BYTE_USER:
             raise InvalidKey("the seed is not a user seed (SU…)")
-        self.public_key = public
+        self.public_key = self._pair.public_key_text
         self.name = name
 
     @classmethod
     def generate(cls, name: str = "") -> Signer:
-        seed = nkeys.encode_seed(
-            nacl.signing.SigningKey.generate().encode(), nkeys.PREFIX_BYTE_USER
-        )
-        return cls(seed, name=name)
+        return cls(nkey.KeyPair.generate(nkey.PREFIX_BYTE_USER).seed_text, name=name)
 
     @property
     def seed(self) -> bytes:
-        return bytes(self._pair.seed)
+        return self._pair.seed_text.encode()
 
     def signature(self, canonical: bytes) -> dict[str, str]:
         """The ``sig`` member for a request whose canonical bytes are given."""
@@ -151,7 +141,8 @@ def verify_document(document: dict[str, Any]) -> str:
     try:
         verify_key = _verify_key(signature.key)
         raw_sig = base64.urlsafe_b64decode(signature.value + "=" * (-len(signature.value) % 4))
-        verify_key.verify(canonical_bytes(document), raw_sig)
-    except (InvalidKey, binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
+    except (InvalidKey, binascii.Error, ValueError) as exc:
         raise Unauthorized("the signature does not verify") from exc
+    if not verify_key.verify(raw_sig, canonical_bytes(document)):
+        raise Unauthorized("the signature does not verify")
     return signature.key

@@ -236,7 +236,15 @@ class Project:
 
 def load_project(file: Path | None, names: list[str]) -> Project:
     """Read the compose file (bad file: message and exit 2)."""
-    from controller.compose import ComposeError, load_compose
+    try:
+        from controller.compose import ComposeError, load_compose
+    except ModuleNotFoundError as exc:
+        if exc.name != "yaml":
+            raise
+        usage_error(
+            "reading compose files needs PyYAML, which is not installed here (it has no "
+            "wheel for 32-bit ARM): pip install 'shoal\\[yaml]'"
+        )
 
     if file is None:
         file = next((Path(n) for n in COMPOSE_FILES if Path(n).is_file()), None)

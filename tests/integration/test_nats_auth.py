@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from controller.enroll import controller_user, enroll_host, render_users_conf
-from protocol import Role, Subjects
+from protocol import Role, Signer, Subjects, nkey
+from protocol.connection import is_auth_error
 from tests.integration.agents import AgentProcess, poll, run_shoal
 from tests.integration.conftest import Keys
 from tests.stack import NatsServer, free_port
@@ -157,9 +159,13 @@ def test_agent_credentials_are_limited_to_their_own_subjects(auth_stack: AuthSta
     asyncio.run(_permissions(auth_stack))
 
 
+@pytest.mark.parametrize("ed25519", ["pynacl", "ecdsa"])
 def test_real_agent_and_cli_work_under_the_shipped_permissions(
-    auth_stack: AuthStack, stack_dir: Path, keys: Keys
+    auth_stack: AuthStack, stack_dir: Path, keys: Keys, ed25519: str
 ) -> None:
+    """With ``ecdsa``, the agent takes the path of a 32-bit ARM board, where PyNaCl has
+    no wheel: pure-Python ed25519 for signatures, and Shoal's stand-in for the nkeys
+    package signing the server's nonce."""
     agent = AgentProcess(
         stack_dir / f"perm-agent-{free_port()}",
         server=auth_stack.server.url,
@@ -167,6 +173,7 @@ def test_real_agent_and_cli_work_under_the_shipped_permissions(
         docker_host="unix:///nonexistent/docker.sock",
         trust=keys.trust,
         extra=["--nkey", str(auth_stack.seeds["perm-a"])],
+        env={"SHOAL_ED25519": ed25519},
     )
     agent.start(wait=False)
     nkey = ("--nkey", str(auth_stack.seeds["controller"]))
@@ -185,9 +192,42 @@ def test_real_agent_and_cli_work_under_the_shipped_permissions(
         assert [a["host_id"] for a in agents_doc["agents"]] == ["perm-a"]
         audit = run_shoal(*nkey, "audit", "--json", server=auth_stack.server.url).json()
         assert any(r["host"] == "perm-a" and r["verb"] == "ps" for r in audit["records"])
+        # A request signed by a key the agent does not trust is refused on either path.
+        stranger = stack_dir / f"stranger-{free_port()}.nk"
+        write_seed(stranger, Signer.generate().seed)
+        refused = run_shoal(
+            *nkey, "--key", str(stranger), "ps", "--json", server=auth_stack.server.url
+        ).json()
+        assert refused["errors"]["perm-a"]["code"] == "unauthorized"
     finally:
         assert agent.stop() == 0, agent.log()
     assert "Permissions Violation" not in agent.log()
+    assert f"ed25519 by {ed25519}" in agent.log_path.read_text()
+
+
+def test_nats_nkey_authentication_through_the_standin(
+    auth_stack: AuthStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py authenticates with Shoal's stand-in where the nkeys package is missing."""
+    monkeypatch.setitem(sys.modules, "nkeys", nkey.nkeys_standin())
+
+    async def check() -> None:
+        nc = await connect(auth_stack.server.url, auth_stack.seeds["controller"])
+        try:
+            assert nc.is_connected
+            await nc.publish(SUBJECTS.host("perm-a", "ps"), b"{}")
+            await nc.flush()
+            assert ERRORS[id(nc)].empty()
+        finally:
+            await nc.close()
+        # A seed the server does not know is refused just the same.
+        unknown = auth_stack.seeds["controller"].with_name("unknown.nk")
+        write_seed(unknown, nkey.KeyPair.generate().seed_text.encode())
+        with pytest.raises(Exception) as refused:
+            await connect(auth_stack.server.url, unknown)
+        assert is_auth_error(refused.value), refused.value
+
+    asyncio.run(check())
 
 
 # --- TLS ------------------------------------------------------------------------------

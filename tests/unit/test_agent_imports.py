@@ -1,0 +1,77 @@
+"""What a 32-bit ARM board lacks: the agent must not need it.
+
+PyNaCl (and so the nkeys package) and PyYAML have no wheel for armv7 and armv6, and
+pyproject.toml leaves them out there. These tests run the agent's imports in a fresh
+interpreter that cannot import them, as on such a board.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Makes the named modules unimportable, as if they were not installed.
+BLOCK = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+"""
+
+
+def run(code: str, *, blocked: tuple[str, ...], env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK.format(blocked=blocked) + code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_agent_runs_without_pynacl_nkeys_or_pyyaml() -> None:
+    out = run(
+        "import agent.cli, agent.runtime, agent.handlers, agent.deploy\n"
+        "from protocol import Signer, nkey\n"
+        "from protocol.signing import verify_document\n"
+        "signer = Signer.generate()\n"
+        "doc = signer.sign_document({'v': 1, 'verb': 'ps'})\n"
+        "assert verify_document(doc) == signer.public_key\n"
+        "from protocol.connection import NatsOptions\n"
+        "NatsOptions(nkey='/dev/null').connect_kwargs()\n"
+        "import nkeys\n"
+        "assert nkeys.from_seed(signer.seed).public_key == signer.public_key.encode()\n"
+        "loaded = sorted(m for m in ('yaml', 'nacl') if sys.modules.get(m) is not None)\n"
+        "print(nkey.backend.name, loaded)\n",
+        blocked=("nacl", "nkeys", "yaml"),
+    )
+    assert out.split() == ["ecdsa", "[]"]
+
+
+def test_without_pyyaml_deploy_from_a_compose_file_says_what_to_install(tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yml"
+    compose.write_text("services:\n  web:\n    image: busybox\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BLOCK.format(blocked=("yaml",))
+            + "from controller.cli import main\n"
+            + f"sys.argv = ['shoal', 'deploy', '-f', {str(compose)!r}]\n"
+            + "main()\n",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NATS_URL": "nats://127.0.0.1:1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "needs PyYAML" in result.stderr
+    assert "shoal[yaml]" in result.stderr
+    assert "Traceback" not in result.stderr
