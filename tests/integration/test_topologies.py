@@ -9,15 +9,20 @@ the reply came back. No Docker engine is needed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from controller.enroll import controller_user, enroll_host, render_users_conf
 from protocol import Role, Subjects
@@ -296,6 +301,213 @@ def test_agent_behind_a_leaf_node_is_registered_and_answers_on_the_hub(
         agent.stop()
         leaf.cleanup()
         hub.cleanup()
+
+
+def assert_accounted(result: CliResult, hosts: list[str]) -> dict[str, Any]:
+    """A fleet command's ``--json`` document in which every host of ``hosts`` was
+    targeted and ended up in exactly one of replies, errors or missing (which names
+    each host that did not answer): never a host silently dropped."""
+    assert result.stdout.strip(), f"exit {result.code}, no JSON; stderr:\n{result.stderr}"
+    doc: dict[str, Any] = result.json()
+    assert doc["targeted"] == hosts, doc
+    buckets = (set(doc["replies"]), set(doc["errors"]), set(doc["missing"]))
+    for host in hosts:
+        assert sum(host in bucket for bucket in buckets) == 1, (host, doc)
+    assert set().union(*buckets) == set(hosts), doc
+    assert result.code == (4 if doc["missing"] else 1 if doc["errors"] else 0), result
+    return doc
+
+
+def registry_states(server: NatsServer) -> dict[str, str]:
+    """``shoal agents --json`` through ``server``: host id -> state."""
+    result = run_shoal("agents", "--json", server=server.url)
+    assert result.code == 0, result.stderr
+    return {a["host_id"]: a["state"] for a in result.json()["agents"]}
+
+
+def audit_counts(server: NatsServer, request_id: str) -> Counter[str]:
+    """How many audit records each host published for ``request_id`` (the hub's
+    audit stream captures those published at the leaf): one per request it received."""
+    result = run_shoal("audit", "--json", server=server.url)
+    assert result.code == 0, result.stderr
+    return Counter(r["host"] for r in result.json()["records"] if r["request_id"] == request_id)
+
+
+def audited_by_all(server: NatsServer, request_id: str, hosts: list[str]) -> Counter[str] | None:
+    counts = audit_counts(server, request_id)
+    return counts if set(counts) >= set(hosts) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def ps_across_a_restart(hub: NatsServer, leaf: NatsServer, hosts: list[str]) -> CliResult:
+    """``shoal ps`` sent through the hub while the leaf is down, the leaf started again
+    while the controller waits.
+
+    A spy subscription on the hub sees the request go out to every host (so the leaf
+    is restarted only once it has been sent during the outage; the spy also keeps the
+    hub from answering "no responders", as when the hub has not noticed yet that a leaf
+    went away). ``--offline-after`` keeps the hosts targeted as online, and
+    ``--retries 1`` lets the controller resend to the hosts that stayed silent.
+    """
+    nc = await nats.connect(hub.url, allow_reconnect=False)
+    sent_to: set[str] = set()
+    everywhere = asyncio.Event()
+
+    async def spy(msg: Msg) -> None:
+        sent_to.add(msg.subject.split(".")[-2])
+        if sent_to >= set(hosts):
+            everywhere.set()
+
+    try:
+        await nc.subscribe(f"{Subjects().prefix}.host.*.ps", cb=spy)
+        await nc.flush()
+        cli = asyncio.create_task(
+            asyncio.to_thread(
+                run_shoal,
+                *("--offline-after", "3600", "ps", "--json", "--timeout", "5", "--retries", "1"),
+                server=hub.url,
+            )
+        )
+        sent = asyncio.create_task(everywhere.wait())
+        # Stop waiting early if the command ends without sending (it would be a bug).
+        await asyncio.wait({sent, cli}, timeout=DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+        sent.cancel()
+        sent_everywhere = everywhere.is_set()
+        await asyncio.to_thread(leaf.start)
+        result = await cli
+        assert sent_everywhere, f"the request went out only to {sorted(sent_to)}: {result}"
+        return result
+    finally:
+        await nc.close()
+
+
+def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> None:
+    """Issue #7: hub plus leaf, agents on the leaf, controller on the hub; the fleet
+    answers, and restarting the leaf's nats-server (stopped by its pid, started again
+    on the same ports and configuration) loses nothing once it is back."""
+    hub_config, leaf_config = leaf_configs(workdir)
+    hub = NatsServer(workdir / "hub", jetstream=False, config=hub_config)  # JetStream: in hub.conf
+    leaf = NatsServer(workdir / "leaf", jetstream=False, config=leaf_config)
+    hosts = ["edge-a", "edge-b", "edge-c"]
+    agents = [
+        AgentProcess(
+            workdir / "agents",
+            server=leaf.url,
+            host_id=host,
+            docker_host=NO_DOCKER,
+            labels={"site": "kitchen"},
+            trust=keys.trust,
+        )
+        for host in hosts
+    ]
+    codes: list[int | None] = []
+    try:
+        hub.start()
+        leaf.start()
+        poll(
+            "the leaf connected to the hub",
+            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            DEADLINE,
+        )
+        init = run_shoal("init", server=hub.url)
+        assert init.code == 0, init.stderr
+        for agent in agents:
+            agent.start(wait=False)
+        for agent in agents:
+            agent.wait_ready()  # its ready-ping goes through the leaf
+        pids = [agent.pid for agent in agents]
+
+        # The whole fleet answers the controller on the hub, and is registered there.
+        poll_for("shoal ps on the hub to reach every agent", lambda: ps_reaches(hub, hosts))
+        poll(
+            "every agent online in the hub's registry",
+            lambda: registry_states(hub) == dict.fromkeys(hosts, "online"),
+            DEADLINE,
+        )
+
+        # Stop the leaf's nats-server by its pid; the agents lose their server.
+        leaf_pid = leaf.pid
+        leaf.stop()
+        assert not pid_alive(leaf_pid)
+        poll(
+            "the hub to notice the leaf went away",
+            lambda: not monitor(hub, "leafz").get("leafs"),
+            DEADLINE,
+        )
+
+        # A request during the outage: every host is named as missing, none dropped.
+        outage_ps = run_shoal("ps", "--json", "--timeout", "3", server=hub.url)
+        outage = assert_accounted(outage_ps, hosts)
+        assert outage["missing"] == hosts and not outage["replies"] and not outage["errors"]
+        plain = run_shoal("ps", "--timeout", "3", server=hub.url)
+        assert plain.code == 4, plain.stderr
+        for host in hosts:
+            assert f"missing {host}:" in plain.stderr, plain.stderr
+
+        # A request sent during the outage while the leaf comes back: each host is
+        # either answered (after the controller's retry) or named as missing.
+        across = assert_accounted(asyncio.run(ps_across_a_restart(hub, leaf, hosts)), hosts)
+        assert set(across["errors"]) | set(across["missing"]) == set(hosts), across
+        for error in across["errors"].values():
+            assert error["code"] == "docker_unavailable", across
+
+        # Back: the same agent processes reconnect to the leaf, answer the whole fleet's
+        # ps on the hub again, and heartbeat into the hub's registry: all online.
+        assert leaf.running
+        poll(
+            "the restarted leaf connected to the hub",
+            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            DEADLINE,
+        )
+        poll(
+            "every agent reconnected to the restarted leaf",
+            lambda: all(server_of(host, [hub, leaf]) is leaf for host in hosts),
+            DEADLINE,
+        )
+        assert [agent.pid for agent in agents] == pids
+        assert all(agent.process is not None and agent.process.poll() is None for agent in agents)
+        after = poll_for(
+            "shoal ps on the hub to reach every agent after the restart",
+            lambda: ps_reaches(hub, hosts),
+        ).json()
+        assert after["targeted"] == hosts and after["missing"] == [] and after["replies"] == {}
+        poll(
+            "every agent online again in the hub's registry",
+            lambda: registry_states(hub) == dict.fromkeys(hosts, "online"),
+            DEADLINE,
+        )
+
+        # Work sent after the restart reached every host exactly once: one audit record
+        # per host for its request id. A second request is the barrier: once each host
+        # audited it, a late duplicate of the first (published earlier on the same
+        # connection) would have been recorded already.
+        first = poll_for(
+            "every host to audit the request sent after the restart",
+            lambda: audited_by_all(hub, after["request_id"], hosts),
+        )
+        barrier = ps_reaches(hub, hosts)
+        assert barrier is not None, "the fleet stopped answering"
+        poll_for(
+            "every host to audit the barrier request",
+            lambda: audited_by_all(hub, barrier.json()["request_id"], hosts),
+        )
+        assert audit_counts(hub, after["request_id"]) == first == Counter(hosts)
+        # ... and the request cut off by the outage never ran late on any host.
+        assert audit_counts(hub, outage["request_id"]) == Counter()
+    finally:
+        codes = [agent.stop() for agent in agents]
+        leaf.cleanup()
+        hub.cleanup()
+    for agent, code in zip(agents, codes, strict=True):
+        assert code == 0, agent.log()
+        assert "reconnected to NATS" in agent.log_path.read_text(errors="replace"), agent.log()
 
 
 def write_secret(path: Path, seed: bytes) -> Path:
