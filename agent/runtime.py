@@ -81,7 +81,7 @@ from protocol import (
     utcnow,
 )
 from protocol.chunks import MAX_REPLY_BYTES, split_reply
-from protocol.connection import describe_tls_error, is_auth_error
+from protocol.connection import describe_tls_error, flush_in_order, is_auth_error
 from protocol.envelope import (
     UNKNOWN_REQUEST_ID,
     decode_request_document,
@@ -273,7 +273,7 @@ class Agent:
                     pending_bytes_limit=256 * 1024 * 1024,
                 )
             )
-        await nc.flush()
+        await flush_in_order(nc)  # ready means requests reach it
         await self._publish_heartbeat()
         await self._publish_event(EventKind.STARTED, f"agent {self.version} started")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
