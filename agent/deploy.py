@@ -18,6 +18,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -152,7 +154,12 @@ class Deployer:
 
     # --- locking -------------------------------------------------------------------------
 
-    def _claim(self, service: str, request_id: str) -> None:
+    @contextmanager
+    def claim(self, service: str, request_id: str) -> Iterator[None]:
+        """Hold ``service`` for one request: one operation per service at a time.
+
+        Raises Conflict, naming the holder, while another request holds it.
+        """
         holder = self._busy.get(service)
         if holder is not None:
             raise Conflict(
@@ -161,9 +168,10 @@ class Deployer:
                 detail={"request_id": holder},
             )
         self._busy[service] = request_id
-
-    def _release(self, service: str) -> None:
-        self._busy.pop(service, None)
+        try:
+            yield
+        finally:
+            self._busy.pop(service, None)
 
     # --- verbs ---------------------------------------------------------------------------
 
@@ -182,20 +190,16 @@ class Deployer:
             )
         if args.order == Order.START_FIRST and spec.network_mode == "host" and spec.ports:
             raise BadRequest("start-first cannot work with host networking and published ports")
-        self._claim(spec.name, ctx.request.id)
-        try:
+        with self.claim(spec.name, ctx.request.id):
             record = self.store.get(spec.name)
             if args.dry_run:
                 return await self._plan(record, spec)
             return await self._roll(
                 ctx, spec, record, args.order, args.monitor, args.health_timeout, rollback=False
             )
-        finally:
-            self._release(spec.name)
 
     async def rollback(self, ctx: RequestContext, args: RollbackArgs) -> DeployResult:
-        self._claim(args.service, ctx.request.id)
-        try:
+        with self.claim(args.service, ctx.request.id):
             record = self.store.get(args.service)
             if record is None or record.current is None:
                 raise NotFound(f"service {args.service!r} is not deployed on this host")
@@ -211,12 +215,9 @@ class Deployer:
                 args.health_timeout,
                 rollback=True,
             )
-        finally:
-            self._release(args.service)
 
     async def remove(self, ctx: RequestContext, args: RemoveArgs) -> RemoveResult:
-        self._claim(args.service, ctx.request.id)
-        try:
+        with self.claim(args.service, ctx.request.id):
             containers = await self.agent.in_engine(
                 self.agent.engine.service_containers, args.service
             )
@@ -229,8 +230,6 @@ class Deployer:
                 removed.append(container.id)
             self.store.delete(args.service)
             return RemoveResult(service=args.service, removed=removed)
-        finally:
-            self._release(args.service)
 
     async def services(self, args: ServicesArgs) -> ServicesResult:
         containers = await self.agent.in_engine(self.agent.engine.service_containers, args.service)

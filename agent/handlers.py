@@ -12,7 +12,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -516,17 +516,6 @@ async def handle_logs(ctx: RequestContext, args: LogsArgs) -> BaseModel:
     )
 
 
-@asynccontextmanager
-async def _outside_request_slots(agent: Agent) -> AsyncIterator[None]:
-    """A followed log may last an hour: it gives back its request slot meanwhile, so that
-    a few long streams never block the agent's other requests (MAX_FOLLOWS bounds them)."""
-    agent._slots.release()
-    try:
-        yield
-    finally:
-        await agent._slots.acquire()
-
-
 async def _follow_logs(
     ctx: RequestContext, args: LogsArgs, container: ContainerState, since: float | None
 ) -> LogsResult:
@@ -546,7 +535,10 @@ async def _follow_logs(
     stream: ThreadedStream[LogLine] = ThreadedStream(
         engine_stream, name=f"shoal-logs-{args.stream_id[:8]}"
     )
-    async with stream, _outside_request_slots(agent):
+    # A followed log may last an hour: it gives back its request slot meanwhile, so
+    # that a few long streams never block the agent's other requests (MAX_FOLLOWS
+    # bounds them).
+    async with stream, agent.outside_request_slot():
         follows.active[args.stream_id] = stream
         try:
             await ctx.progress(LOG_KEEPALIVE_PHASE, f"following {container.name}")
@@ -569,7 +561,7 @@ async def _follow_logs(
                     await ctx.progress(LOG_KEEPALIVE_PHASE)
                 if loop.time() >= stop_at:
                     ended = f"time limit ({args.max_duration:g}s)"
-                elif agent._stop_requested.is_set():
+                elif agent.stopping:
                     ended = "the agent is stopping"
         finally:
             follows.active.pop(args.stream_id, None)
@@ -654,18 +646,13 @@ async def _container_action(
     agent = ctx.agent
     container = await resolve_target(ctx, target)
     service = container.labels.get(SERVICE_LABEL, "")
-    if service:
-        agent.deployer._claim(service, ctx.request.id)
-    try:
+    with agent.deployer.claim(service, ctx.request.id) if service else nullcontext():
         await ctx.progress(action, f"{action} {container.name}")
         await act(container)
         if action == "rm":
             after = "removed"
         else:
             after = (await agent.in_engine(agent.engine.container_state, container.id)).status
-    finally:
-        if service:
-            agent.deployer._release(service)
     return ContainerActionResult(
         action=action,
         container=container_ref(container),

@@ -14,8 +14,9 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -292,6 +293,22 @@ class Agent:
     def request_stop(self) -> None:
         """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
         self._stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for: long-running handlers wind up."""
+        return self._stop_requested.is_set()
+
+    @asynccontextmanager
+    async def outside_request_slot(self) -> AsyncIterator[None]:
+        """Give the calling request's slot back while in the block, and take one again
+        after it: for requests that mostly wait (a followed log), so that they never
+        hold up the others. The caller bounds how many do this at once."""
+        self._slots.release()
+        try:
+            yield
+        finally:
+            await self._slots.acquire()
 
     async def serve_forever(self) -> None:
         await self._stop_requested.wait()
