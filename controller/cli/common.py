@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -28,6 +28,7 @@ from protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
 from protocol.envelope import summarize_validation_error
 
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 EXIT_NATS_UNREACHABLE = 5
 """Exit code when NATS itself cannot be reached (beyond the fleet codes 0-4)."""
@@ -302,3 +303,39 @@ def finish(result: FleetResult[Any]) -> NoReturn:
     if not result.targeted:
         err.print("[yellow]no host matched the target[/yellow]")
     raise typer.Exit(int(result.exit_code))
+
+
+def ask_fleet(
+    ctx: typer.Context,
+    server: str | None,
+    timeout: float,
+    ask: Callable[[Fleet], Awaitable[FleetResult[R]]],
+    *,
+    label: str = "asking the fleet…",
+) -> FleetResult[R]:
+    """Connect, ask with a spinner on a terminal, and return the result; errors
+    become messages and exit codes (see :func:`run`)."""
+    fleet = make_fleet(ctx, server, timeout)
+
+    async def work() -> FleetResult[R]:
+        async with fleet:
+            return await with_progress(label, lambda: ask(fleet))
+
+    return run(work())
+
+
+def show_result(
+    result: FleetResult[R],
+    render: Callable[[FleetResult[R]], None],
+    *,
+    json_: bool,
+    document: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Print ``result`` (one JSON document, or its rendering and the footer naming
+    failed and silent hosts) and exit with its exit code."""
+    if json_:
+        print_json(document if document is not None else result.to_json())
+    else:
+        render(result)
+        render_footer(result)
+    finish(result)

@@ -30,19 +30,18 @@ from controller.cli.common import (
     ServerOpt,
     TimeoutOpt,
     ago,
+    ask_fleet,
     build_limit,
     build_selector,
     err,
-    finish,
     human_size,
     make_fleet,
     out,
     parse_duration,
     print_json,
-    render_footer,
     run,
+    show_result,
     usage_error,
-    with_progress,
 )
 from controller.fleet import DEFAULT_TIMEOUT, Fleet
 from controller.locks import LockHeld, LockLost
@@ -780,22 +779,10 @@ def services(
         usage_error(f"invalid service name {service!r}")
     target = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[ServicesResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.services(service, selector=target, limit=sample),
-            )
-
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_services(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx, server, timeout, lambda fleet: fleet.services(service, selector=target, limit=sample)
+    )
+    show_result(result, render_services, json_=json_)
 
 
 def render_pull(result: FleetResult[PullResult]) -> None:
@@ -862,10 +849,4 @@ def pull(
                     on_reply=on_reply,
                 )
 
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_pull(result)
-        render_footer(result)
-    finish(result)
+    show_result(run(work()), render_pull, json_=json_)

@@ -17,6 +17,7 @@ from controller.cli.common import (
     RetriesOpt,
     ServerOpt,
     TimeoutOpt,
+    ask_fleet,
     build_limit,
     build_selector,
     err,
@@ -28,6 +29,7 @@ from controller.cli.common import (
     print_json,
     render_footer,
     run,
+    show_result,
     usage_error,
 )
 from controller.fleet import DEFAULT_TIMEOUT, Fleet
@@ -114,19 +116,12 @@ def df(
     """Disk usage per host and for the fleet: images, containers, volumes, build cache."""
     target = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[DfResult]:
-        async with fleet:
-            return await fleet.df(selector=target, limit=sample, retries=retries)
-
-    result = run(work())
-    if json_:
-        print_json({**result.to_json(), "totals": df_totals(result)})
-    else:
-        render_df(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx, server, timeout, lambda fleet: fleet.df(selector=target, limit=sample, retries=retries)
+    )
+    show_result(
+        result, render_df, json_=json_, document={**result.to_json(), "totals": df_totals(result)}
+    )
 
 
 # --- prune ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from controller.cli.common import (
     ServerOpt,
     TimeoutOpt,
     ago,
+    ask_fleet,
     build_limit,
     build_selector,
     err,
@@ -44,6 +45,7 @@ from controller.cli.common import (
     print_json,
     render_footer,
     run,
+    show_result,
     usage_error,
     with_progress,
 )
@@ -287,26 +289,21 @@ def images(
     """
     target = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[ImagesResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.images(all_, selector=target, limit=sample, retries=retries),
-            )
-
-    result = run(work())
+    result = ask_fleet(
+        ctx,
+        server,
+        timeout,
+        lambda fleet: fleet.images(all_, selector=target, limit=sample, retries=retries),
+    )
     spread = image_spread(result)
-    if json_:
-        print_json({**result.to_json(), "fleet": spread})
-    else:
+
+    def render(result: FleetResult[ImagesResult]) -> None:
         if fleet_view:
             render_image_spread(spread, len(result.replies))
         else:
             render_images(result)
-        render_footer(result)
-    finish(result)
+
+    show_result(result, render, json_=json_, document={**result.to_json(), "fleet": spread})
 
 
 # --- logs ---------------------------------------------------------------------------------
@@ -399,10 +396,10 @@ def logs(
     seconds = since_seconds(since)
     selection = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
     printer = LinePrinter(timestamps=timestamps, json_lines=json_ and follow)
 
     if follow:
+        fleet = make_fleet(ctx, server, timeout)
 
         async def stream() -> FleetResult[LogsResult]:
             async with fleet, interruptible() as stop:
@@ -422,23 +419,20 @@ def logs(
         render_footer(result)
         finish(result)
 
-    async def work() -> FleetResult[LogsResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.logs(
-                    target, tail=tail, since=seconds, selector=selection, limit=sample
-                ),
-            )
+    result = ask_fleet(
+        ctx,
+        server,
+        timeout,
+        lambda fleet: fleet.logs(
+            target, tail=tail, since=seconds, selector=selection, limit=sample
+        ),
+    )
 
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
+    def render(result: FleetResult[LogsResult]) -> None:
         for host_id, line in merged_lines(result):
             printer.print(host_id, [line])
-        render_footer(result)
-    finish(result)
+
+    show_result(result, render, json_=json_)
 
 
 # --- stats --------------------------------------------------------------------------------
@@ -793,22 +787,13 @@ def inspect(
     check_target(target)
     selection = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[InspectResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.inspect(target, selector=selection, limit=sample, retries=retries),
-            )
-
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_inspect(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx,
+        server,
+        timeout,
+        lambda fleet: fleet.inspect(target, selector=selection, limit=sample, retries=retries),
+    )
+    show_result(result, render_inspect, json_=json_)
 
 
 def render_info(result: FleetResult[InfoResult]) -> None:
@@ -863,22 +848,13 @@ def info(
     """Docker engine details of every targeted host, as `docker info` shows them."""
     selection = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[InfoResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.info(selector=selection, limit=sample, retries=retries),
-            )
-
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_info(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx,
+        server,
+        timeout,
+        lambda fleet: fleet.info(selector=selection, limit=sample, retries=retries),
+    )
+    show_result(result, render_info, json_=json_)
 
 
 # --- start, stop, restart, rm -------------------------------------------------------------
@@ -957,17 +933,10 @@ def run_container_action(
             raise typer.Exit(int(ExitCode.OK))
         selection, sample = Selector(hosts=tuple(preview.targeted)), None
 
-    async def work() -> FleetResult[ContainerActionResult]:
-        async with make_fleet(ctx, server, timeout) as fleet:
-            return await with_progress(f"{doing}…", lambda: call(fleet, selection, sample))
-
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_action(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx, server, timeout, lambda fleet: call(fleet, selection, sample), label=f"{doing}…"
+    )
+    show_result(result, render_action, json_=json_)
 
 
 StopTimeOpt = Annotated[

@@ -16,16 +16,12 @@ from controller.cli.common import (
     ServerOpt,
     TimeoutOpt,
     ago,
+    ask_fleet,
     build_limit,
     build_selector,
-    finish,
-    make_fleet,
-    print_json,
     print_rows,
-    render_footer,
-    run,
+    show_result,
     usage_error,
-    with_progress,
 )
 from controller.fleet import DEFAULT_TIMEOUT
 from controller.result import FleetResult
@@ -104,19 +100,10 @@ def ps(
     args = parse_filters(filter_, all_)
     target = build_selector(host, selector)
     sample = build_limit(limit)
-    fleet = make_fleet(ctx, server, timeout)
-
-    async def work() -> FleetResult[PsResult]:
-        async with fleet:
-            return await with_progress(
-                "asking the fleet…",
-                lambda: fleet.ps(args, selector=target, limit=sample, retries=retries),
-            )
-
-    result = run(work())
-    if json_:
-        print_json(result.to_json())
-    else:
-        render_ps(result)
-        render_footer(result)
-    finish(result)
+    result = ask_fleet(
+        ctx,
+        server,
+        timeout,
+        lambda fleet: fleet.ps(args, selector=target, limit=sample, retries=retries),
+    )
+    show_result(result, render_ps, json_=json_)
