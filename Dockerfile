@@ -16,28 +16,47 @@
 #       registry.example.com/shoal-agent:0.1.0
 #
 # Build arguments:
-#   BASE_IMAGE           any Debian-based image with Python 3.11 or newer, pip and
-#                        a shell; tini comes from apt-get when the base lacks it
+#   BASE_IMAGE           any Debian-based image with Python 3.11 or newer as python3,
+#                        its venv module (with ensurepip) and a shell: the official
+#                        python slim images, or Debian itself with the python3-venv
+#                        package. tini comes from apt-get when the base lacks it
 #                        (from apk on an Alpine-based one, which is not tested)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL
 #                        another package index (a mirror, or one with wheels for
 #                        platforms the default index lacks)
+#   PIP_NO_INDEX, PIP_FIND_LINKS
+#                        no package index at all: every package from a wheelhouse
+#
+# Building offline, from a local base image and a wheelhouse made beforehand on a
+# machine with the base image's Python version and platform. The wheelhouse holds
+# the project and its dependencies (uvloop optional: without it the agent runs on
+# asyncio's loop) and what builds the project's wheel (setuptools, wheel). It stays
+# out of the build context: serve it on this machine's loopback for the build.
+#
+#   pip wheel '.[uvloop]' 'setuptools>=68' wheel --wheel-dir /tmp/wheels
+#   python3 -m http.server --directory /tmp/wheels --bind 127.0.0.1 8000 &
+#   docker build --network host --build-arg BASE_IMAGE=my-python:3.11 \
+#       --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://127.0.0.1:8000/ \
+#       -t shoal-agent:0.1.0 .
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --------------------------------------------------------------------------- build
 # The project's wheel and every dependency, installed into a virtual environment
-# that the final stage copies. The base image has no compiler, so this installs
-# wheels, and pure-Python source packages (nkeys has no wheel), nothing else:
-# on linux/amd64 and linux/arm64 every dependency, uvloop included, has a wheel.
-# Where one has none (linux/arm/v7: uvloop, PyNaCl, cffi, PyYAML), it tries again
-# without uvloop (the agent then runs on asyncio's own loop), and if that is not
+# that the final stage copies. The base image has no compiler, and needs none:
+# every dependency has a wheel on linux/amd64, linux/arm64 and linux/arm/v7 (nkeys
+# is a pure-Python source package). On linux/arm/v7 the uvloop extra installs
+# nothing (the agent runs on asyncio's own loop) and ed25519 comes from the
+# pure-Python ecdsa package instead of PyNaCl (docs/install.md). Should some
+# platform ever lack a wheel, it tries again without uvloop, and if that is not
 # enough either, it builds just those dependencies here, with a compiler that
 # never reaches the final image.
 FROM ${BASE_IMAGE} AS build
 
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -50,10 +69,10 @@ COPY agent/ agent/
 COPY controller/ controller/
 
 RUN set -eux; \
-    python -m pip wheel --no-deps --wheel-dir /wheels .; \
-    wheel="$(ls /wheels/shoal-*.whl)"; \
-    python -m venv /opt/shoal; \
+    python3 -m venv /opt/shoal; \
     pip=/opt/shoal/bin/pip; \
+    "$pip" wheel --no-deps --wheel-dir /wheels .; \
+    wheel="$(ls /wheels/shoal-*.whl)"; \
     if ! "$pip" install --prefer-binary "${wheel}[uvloop]"; then \
         echo "uvloop or another dependency has no wheel here; trying without uvloop"; \
         if ! "$pip" install --prefer-binary "$wheel"; then \
