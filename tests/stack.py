@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import gzip
 import hashlib
 import io
 import json
@@ -845,6 +846,14 @@ def _busybox_rootfs_tar(busybox: Path) -> bytes:
     return buffer.getvalue()
 
 
+def busybox_rootfs_tar() -> bytes:
+    """A root filesystem of the host's static busybox, one symlink per applet, as a tar."""
+    busybox = _busybox_path()
+    if busybox is None or not _is_static_elf(busybox):
+        raise StackError("no static busybox binary (apt-get install busybox-static)")
+    return _busybox_rootfs_tar(busybox)
+
+
 def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -> str:
     """Import a busybox image as ``tag`` on the client's engine; return its image id.
 
@@ -857,14 +866,11 @@ def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -
         return str(client.images.get(tag).id)
     except docker.errors.ImageNotFound:
         pass
-    busybox = _busybox_path()
-    if busybox is None or not _is_static_elf(busybox):
-        raise StackError("no static busybox binary (apt-get install busybox-static)")
     repository, _, version = tag.rpartition(":")
     if not repository or "/" in version:
         repository, version = tag, "latest"
     client.api.import_image_from_data(
-        _busybox_rootfs_tar(busybox),
+        busybox_rootfs_tar(),
         repository=repository,
         tag=version,
         changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
@@ -980,6 +986,73 @@ class Registry(_Part):
         with urllib.request.urlopen(f"http://{self.address}/v2/_catalog", timeout=5) as r:
             repositories: list[str] = json.load(r).get("repositories") or []
             return repositories
+
+    def push_rootfs(
+        self,
+        repository: str,
+        tag: str,
+        rootfs_tar: bytes,
+        *,
+        architecture: str,
+        variant: str = "",
+        cmd: Sequence[str] = ("sleep", "3600"),
+    ) -> str:
+        """Push a one-layer image for ``linux/architecture`` straight to the registry.
+
+        Through the registry's HTTP API, not an engine, so the image can claim any
+        platform (an engine records its own). Returns the image reference.
+        """
+        layer = gzip.compress(rootfs_tar, mtime=0)
+        config_doc: dict[str, object] = {
+            "architecture": architecture,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [f"sha256:{hashlib.sha256(rootfs_tar).hexdigest()}"],
+            },
+        }
+        if variant:
+            config_doc["variant"] = variant
+        config = json.dumps(config_doc).encode()
+        base = f"http://{self.address}/v2/{repository}"
+        for blob in (layer, config):
+            digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+            start = urllib.request.Request(f"{base}/blobs/uploads/", method="POST")
+            with urllib.request.urlopen(start, timeout=30) as response:
+                location = response.headers["Location"]
+            if location.startswith("/"):
+                location = f"http://{self.address}{location}"
+            separator = "&" if "?" in location else "?"
+            upload = urllib.request.Request(
+                f"{location}{separator}digest={digest}",
+                data=blob,
+                method="PUT",
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            with urllib.request.urlopen(upload, timeout=30):
+                pass
+
+        def descriptor(media_type: str, blob: bytes) -> dict[str, object]:
+            digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+            return {"mediaType": media_type, "size": len(blob), "digest": digest}
+
+        manifest_type = "application/vnd.docker.distribution.manifest.v2+json"
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": descriptor("application/vnd.docker.container.image.v1+json", config),
+            "layers": [descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", layer)],
+        }
+        put = urllib.request.Request(
+            f"{base}/manifests/{tag}",
+            data=json.dumps(manifest).encode(),
+            method="PUT",
+            headers={"Content-Type": manifest_type},
+        )
+        with urllib.request.urlopen(put, timeout=30):
+            pass
+        return self.ref(repository, tag)
 
 
 def start_all(parts: Sequence[_PartT], then: Callable[[_PartT], object] | None = None) -> None:

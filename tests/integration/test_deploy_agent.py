@@ -30,7 +30,7 @@ from protocol import (
     VolumeSpec,
 )
 from tests.integration.conftest import Keys
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, Registry, busybox_rootfs_tar
 
 pytestmark = pytest.mark.engine
 HOSTS = ["host-a", "host-b", "host-c"]
@@ -273,3 +273,41 @@ class _Raw:
 
     def model_dump(self, mode: str = "json") -> dict[str, Any]:
         return self.document
+
+
+@pytest.fixture(scope="module")
+def arm64_image(registry: Registry) -> str:
+    """An image whose only variant is linux/arm64, in the local registry."""
+    return registry.push_rootfs(
+        "shoal-test/arm64-only", "v1", busybox_rootfs_tar(), architecture="arm64"
+    )
+
+
+async def test_deploy_refuses_an_image_without_a_variant_for_the_host_before_touching_it(
+    fleet: Fleet,
+    app_images: dict[str, str],
+    arm64_image: str,
+    engines: list[DockerEngine],
+    service: str,
+) -> None:
+    assert (await deploy(fleet, spec(service, app_images["v1"]), ["host-a"])).ok
+    (before,) = containers_of(engines[0], service)
+
+    refused = await deploy(fleet, spec(service, arm64_image), ["host-a"])
+    error = refused.errors["host-a"]
+    assert error.code == "deploy_failed", error
+    assert error.detail["reason"] == "architecture mismatch"
+    assert error.detail["phase"] == "pulling"
+    assert "linux/arm64" in error.message and "amd64" in error.message
+
+    # The running service was not touched: same container, same revision, running.
+    (after,) = containers_of(engines[0], service)
+    assert (after.id, after.status, after.labels["shoal.revision"]) == (before.id, "running", "1")
+    status = await services(fleet, service, ["host-a"])
+    assert (status["host-a"].revision, status["host-a"].image) == (1, app_images["v1"])
+
+    # pull refuses it too, for the same reason: nothing on this host could run it.
+    pulled = await fleet.request(
+        Verb.PULL, PullArgs(image=arm64_image), selector=Selector(hosts=("host-a",))
+    )
+    assert pulled.errors["host-a"].detail["reason"] == "architecture mismatch"
