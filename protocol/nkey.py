@@ -117,11 +117,16 @@ class VerifyKey(Protocol):
     def verify(self, signature: bytes, message: bytes) -> bool: ...
 
 
+class SigningKey(Protocol):
+    def sign(self, message: bytes) -> bytes: ...
+
+
 class Ed25519(Protocol):
     name: str
 
     def public_key(self, raw_seed: bytes) -> bytes: ...
     def sign(self, raw_seed: bytes, message: bytes) -> bytes: ...
+    def signing_key(self, raw_seed: bytes) -> SigningKey: ...
     def verify_key(self, raw_key: bytes) -> VerifyKey: ...
 
 
@@ -141,10 +146,23 @@ class _NaclVerifyKey:
         return True
 
 
+class _NaclSigningKey:
+    def __init__(self, raw_seed: bytes) -> None:
+        import nacl.signing
+
+        self._key = nacl.signing.SigningKey(raw_seed)
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self._key.sign(message).signature)
+
+
 class NaclEd25519:
     """PyNaCl (libsodium): fast; installed wherever PyNaCl has a wheel."""
 
     name = "pynacl"
+
+    def signing_key(self, raw_seed: bytes) -> SigningKey:
+        return _NaclSigningKey(raw_seed)
 
     def public_key(self, raw_seed: bytes) -> bytes:
         import nacl.signing
@@ -178,10 +196,23 @@ class _PureVerifyKey:
             return False
 
 
+class _PureSigningKey:
+    def __init__(self, raw_seed: bytes) -> None:
+        import ecdsa
+
+        self._key = ecdsa.SigningKey.from_string(raw_seed, curve=ecdsa.Ed25519)
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self._key.sign(message))
+
+
 class PureEd25519:
     """python-ecdsa: pure Python, installs anywhere; a few milliseconds a verification."""
 
     name = "ecdsa"
+
+    def signing_key(self, raw_seed: bytes) -> SigningKey:
+        return _PureSigningKey(raw_seed)
 
     def public_key(self, raw_seed: bytes) -> bytes:
         import ecdsa
@@ -221,7 +252,7 @@ class KeyPair:
     def __init__(self, seed: str | bytes | bytearray) -> None:
         prefix, raw = decode_seed(bytes(seed) if isinstance(seed, bytearray) else seed)
         self.prefix = prefix
-        self._raw_seed = raw
+        self._signing = backend.signing_key(raw)  # built once: signing is per host
         self._seed_text = encode_seed(raw, prefix)
         self.public_key_text = encode_public_key(backend.public_key(raw), prefix)
 
@@ -234,7 +265,7 @@ class KeyPair:
         return self._seed_text
 
     def sign(self, message: bytes) -> bytes:
-        return backend.sign(self._raw_seed, message)
+        return self._signing.sign(message)
 
 
 # --- a stand-in for the nkeys package, for nats-py ---------------------------------------

@@ -158,3 +158,11 @@ def test_generated_user_keys_round_trip() -> None:
     assert pair.seed_text.startswith("SU") and pair.public_key_text.startswith("U")
     assert nkey.KeyPair(pair.seed_text).public_key_text == pair.public_key_text
     assert len(nkey.decode_public_key(pair.public_key_text)) == 32
+
+
+def test_a_key_pair_signs_as_its_backend_does(backend: nkey.Ed25519) -> None:
+    pair = nkey.KeyPair.generate()
+    _, raw = nkey.decode_seed(pair.seed_text)
+    for message in (b"", b"one", b"x" * 1000):
+        assert pair.sign(message) == backend.sign(raw, message)
+        assert backend.signing_key(raw).sign(message) == backend.sign(raw, message)
