@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--unsigned",
         action="store_true",
-        help="fan-out with insecure agents and unsigned requests (default: signed)",
+        help="fan-out with insecure agents and unsigned requests (default: signed; the "
+        "controller ceiling measures both either way)",
     )
     parser.add_argument(
         "--no-profile", action="store_true", help="skip the cProfile run of Fleet.ps"

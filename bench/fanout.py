@@ -75,11 +75,14 @@ class FanoutConfig:
 @dataclass
 class CeilingResult:
     n: int
+    mode: str = "signed"
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     replies: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    cli_json: list[float] = field(default_factory=list)
+    cli_notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -262,7 +265,7 @@ def _where(filename: str, line: int, name: str) -> str:
     return f"{short}:{line} {name}" if line else name
 
 
-def profile_tables(stats: pstats.Stats, n: int, top: int = 14) -> list[Table]:
+def profile_tables(stats: pstats.Stats, n: int, mode: str, top: int = 14) -> list[Table]:
     """Where one Fleet.ps() spends its time, from a cProfile run of the controller."""
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     entries = [
@@ -273,7 +276,7 @@ def profile_tables(stats: pstats.Stats, n: int, top: int = 14) -> list[Table]:
     total = sum(e[0] for e in entries)
     own = Table(
         "fanout-profile-own",
-        f"1e. Profile of one Fleet.ps() over {n:,} instant responders: own time",
+        f"1e. Profile of one Fleet.ps() over {n:,} instant responders ({mode}): own time",
         ["function", "calls", "own time (ms)", "cumulative (ms)"],
     )
     for own_s, cumulative, calls, _file, where in sorted(entries, reverse=True):
@@ -289,7 +292,7 @@ def profile_tables(stats: pstats.Stats, n: int, top: int = 14) -> list[Table]:
     )
     shoal = Table(
         "fanout-profile-shoal",
-        f"1f. Profile of one Fleet.ps() over {n:,} instant responders: Shoal's functions",
+        f"1f. Profile of one Fleet.ps() over {n:,} instant responders ({mode}): Shoal's code",
         ["function", "calls", "cumulative (ms)", "own time (ms)"],
     )
     ours = [
@@ -402,10 +405,16 @@ def summarize_logs(paths: list[Path], top: int = 5) -> list[str]:
 async def run_ceiling(
     server: NatsServer, workdir: Path, config: FanoutConfig, key: BenchKey | None
 ) -> tuple[list[CeilingResult], list[Table]]:
-    """The controller alone: Fleet.ps() against instant responders (not agents)."""
+    """The controller alone: Fleet.ps() against instant responders (not agents).
+
+    Signed and unsigned requests in the same run, interleaved (the responders check
+    nothing, so both modes meet the same hosts), and ``shoal ps --json`` end to end.
+    """
     results: list[CeilingResult] = []
     profile: list[Table] = []
-    fleet = make_fleet(server.url, CEILING_PREFIX, config, key)
+    modes: dict[str, BenchKey | None] = {"signed": key} if key is not None else {}
+    modes["unsigned"] = None
+    fleets = {mode: make_fleet(server.url, CEILING_PREFIX, config, k) for mode, k in modes.items()}
     responder = Workers(
         "bench.responder",
         ["--url", server.url, "--prefix", CEILING_PREFIX],
@@ -413,40 +422,73 @@ async def run_ceiling(
         workdir,
         "ceil",
     )
+    env = child_env(workdir)
+    wait = str(int(config.timeout))
+    shoal = [tool("shoal"), "--server", server.url, "--prefix", CEILING_PREFIX]
     try:
-        async with fleet:
-            await fleet.init_registry()
+        async with contextlib.AsyncExitStack() as stack:
+            for fleet in fleets.values():
+                await stack.enter_async_context(fleet)
+            first = next(iter(fleets.values()))
+            await first.init_registry()
             await responder.start()
             for n in config.sizes:
                 await responder.grow_to(n)
-                await wait_for_registry(fleet, n, 60)
-                result = CeilingResult(n)
-                await guarded(result.failures, f"ceiling warm-up at {n:,}", fleet.ps())
+                await wait_for_registry(first, n, 60)
+                by_mode = {mode: CeilingResult(n, mode) for mode in fleets}
+                for mode, fleet in fleets.items():
+                    await guarded(by_mode[mode].failures, f"ceiling warm-up at {n:,}", fleet.ps())
                 for _attempt in range(2 * config.repeats):
-                    if len(result.wall) >= config.repeats:
+                    if all(len(r.wall) >= config.repeats for r in by_mode.values()):
                         break
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    ps = await guarded(result.failures, f"ceiling Fleet.ps() at {n:,}", fleet.ps())
-                    if ps is None:
-                        continue
-                    result.wall.append(time.perf_counter() - t0)
-                    result.cpu.append(time.process_time() - c0)
-                    result.replies.append(len(ps.replies))
-                    result.missing.append(len(ps.missing))
-                results.append(result)
-                log(f"ceiling {n:,}: Fleet.ps {median(result.wall):.3f}s")
-                if not result.wall:
+                    for mode, fleet in fleets.items():
+                        if len(by_mode[mode].wall) < config.repeats:
+                            argv = [*shoal, *key_args(modes[mode]), "ps", "--json", "--timeout"]
+                            await ceiling_run(by_mode[mode], fleet, [*argv, wait], env, config)
+                for result in by_mode.values():
+                    results.append(result)
+                    log(f"ceiling {n:,} {result.mode}: Fleet.ps {median(result.wall):.3f}s")
+                if not any(r.wall for r in by_mode.values()):
                     break
             if config.profile and results:
                 profiler = cProfile.Profile()
                 profiler.enable()
-                await fleet.ps()
+                await first.ps()
                 profiler.disable()
                 stats = pstats.Stats(profiler, stream=io.StringIO())
-                profile = profile_tables(stats, results[-1].n)
+                mode = next(iter(fleets))
+                profile = profile_tables(stats, results[-1].n, mode)
     finally:
         await responder.stop()
     return results, profile
+
+
+def key_args(key: BenchKey | None) -> list[str]:
+    return ["--key", str(key.seed_path)] if key is not None else []
+
+
+async def ceiling_run(
+    result: CeilingResult, fleet: Fleet, cli: list[str], env: dict[str, str], config: FanoutConfig
+) -> None:
+    """One Fleet.ps() against the responders, then (while runs are due) the command."""
+    n, mode = result.n, result.mode
+    c0, t0 = time.process_time(), time.perf_counter()
+    ps = await guarded(result.failures, f"ceiling Fleet.ps() {mode} at {n:,}", fleet.ps())
+    if ps is None:
+        return
+    result.wall.append(time.perf_counter() - t0)
+    result.cpu.append(time.process_time() - c0)
+    result.replies.append(len(ps.replies))
+    result.missing.append(len(ps.missing) + (n - len(ps.targeted)))
+    del ps
+    if len(result.cli_json) < cli_runs(config, n):
+        seconds, rc, stdout, stderr = await run_cli(cli, env)
+        problem = _check_cli("shoal ps --json", n, rc, stdout, stderr)
+        if problem is None:
+            result.cli_json.append(seconds)
+        else:
+            result.cli_notes.append(f"`shoal ps --json` {mode} at {n:,}: {problem}")
+            log(f"ceiling {n}: shoal ps --json {mode}: {problem}: {stderr[-300:]!r}")
 
 
 async def measure_size(
@@ -667,8 +709,8 @@ def tables_for(
         )
     cli.notes.append(
         f"Median of {config.cli_repeats} runs below 5,000 agents, of 2 below 10,000, "
-        "a single run at 10,000 (to keep the suite near 15 minutes: rendering the "
-        "table alone takes about a minute there), interleaved with the library runs; each "
+        "a single run at 10,000 (to keep the suite short), interleaved with the "
+        "library runs; each "
         "command is a new process (interpreter start-up, imports, connect, registry "
         "read, gather, render to a pipe). Ratios divide by the library call measured "
         "in the same run."
@@ -676,17 +718,21 @@ def tables_for(
     cli.notes += sorted({note for r in results for note in r.cli_notes})[:8]
     lib.notes += failure_notes([f for r in results for f in r.failures])
     by_n = {r.n: r for r in results}
+    real_mode = "signed" if config.signed else "unsigned"
     top = Table(
         "fanout-ceiling",
         "1d. Controller ceiling: Fleet.ps() against instant responders (not agents)",
         [
             "hosts",
+            "requests",
             "Fleet.ps() wall (ms)",
             "runs (ms)",
             "controller CPU (ms)",
             "replies/s",
+            "µs per host",
             "lost replies",
             "failed calls",
+            "shoal ps --json (s)",
             "vs real agents (same N)",
         ],
     )
@@ -695,13 +741,16 @@ def tables_for(
         real = by_n.get(c.n)
         top.add(
             f"{c.n:,}",
+            c.mode,
             ms(wall),
             spread([w * 1000 for w in c.wall]),
             ms(median(c.cpu)),
             fmt(median([rep / w for rep, w in zip(c.replies, c.wall, strict=True)])),
+            fmt(wall / c.n * 1e6),
             lost(c.n, c.replies, c.missing),
             str(len(c.failures)),
-            ratio(wall, median(real.ps_wall)) if real else "-",
+            fmt(median(c.cli_json)),
+            ratio(wall, median(real.ps_wall)) if real and c.mode == real_mode else "-",
         )
     top.notes += [
         "One process answers for every host at the wire level: canned heartbeats into "
@@ -709,7 +758,13 @@ def tables_for(
         "request's id, sent at once, signature not checked. It measures what the "
         "controller alone can aggregate on this machine, which the real-agent runs "
         "cannot show: there the simulated agents' own work shares the two cores.",
-        f"Median of {config.repeats} runs after one warm-up, same nats-server, same signing key.",
+        f"Median of {config.repeats} runs after one warm-up, same nats-server; signed "
+        "(a signature per host, as with a trust file) and unsigned (insecure agents) "
+        "requests interleaved, run by run, so both see the same load.",
+        "shoal ps --json: the whole command as a new process (start-up, imports, connect, "
+        "registry read, gather, JSON to a pipe), run after a library call; median of "
+        f"{config.cli_repeats} runs below 5,000 hosts, 2 below 10,000, 1 at 10,000.",
     ]
+    top.notes += sorted({note for c in ceiling for note in c.cli_notes})[:6]
     top.notes += failure_notes([f for c in ceiling for f in c.failures])
     return [lib, where, cli, top]

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,9 +29,11 @@ from controller.gather import (
     ReplyCallback,
     encode_request,
     gather_replies,
+    invalid_result_message,
+    relaxed_gc,
 )
 from controller.locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
-from controller.registry import AgentRecord, Registry, is_online
+from controller.registry import AgentRecord, Registry, is_online, is_transient, with_recovery
 from controller.result import FleetResult
 from controller.rollout import RolloutEvent, deploy_rollout, rollback_rollout
 from controller.targeting import Limit, Targets, resolve_targets
@@ -91,6 +94,7 @@ from protocol import (
     new_request_id,
     utcnow,
 )
+from protocol.connection import flush_in_order
 
 log = logging.getLogger("shoal.controller")
 R = TypeVar("R", bound=BaseModel)
@@ -164,16 +168,26 @@ class Fleet:
     # --- registry and discovery -------------------------------------------------------
 
     async def registry(self) -> Registry | None:
-        """The registry, created if missing; None when JetStream is unavailable."""
+        """The registry, created if missing; None when JetStream is unavailable.
+
+        A JetStream that is there but does not answer yet (a restarted server still
+        recovering its streams) is asked again for up to ``RECOVERY_WAIT`` seconds before
+        the Fleet falls back to ping discovery, and asked again on the next call.
+        """
         if not self._registry_checked:
-            self._registry_checked = True
             js = self.nc.jetstream(timeout=3.0)
             registry = Registry(js, self.subjects)
-            try:
+
+            async def ensure() -> None:
                 await registry.ensure()
                 await AuditStream(js, self.subjects).ensure()
-                self._registry = registry
+
+            try:
+                await with_recovery(ensure)
+                self._registry, self._registry_checked = registry, True
             except RegistryUnavailable as exc:
+                # Not enabled: settled for this Fleet. Still recovering: ask next time.
+                self._registry_checked = not is_transient(exc)
                 log.info("no registry (%s); discovering agents by ping", exc.message)
         return self._registry
 
@@ -201,7 +215,10 @@ class Fleet:
     async def agents(self) -> list[AgentRecord]:
         """Every known host, online or offline, sorted by host id."""
         registry = await self.registry()
-        records = await registry.read(self.offline_after) if registry is not None else []
+        records: list[AgentRecord] = []
+        if registry is not None:
+            with relaxed_gc():
+                records = await with_recovery(partial(registry.read, self.offline_after))
         if registry is None or not records:
             # Without a registry (or before any heartbeat reached it) ask the fleet.
             pinged = await self.discover()
@@ -277,6 +294,22 @@ class Fleet:
         silent, each time with a new request id. A verb that changes something is
         never resent: silent hosts are asked for the request's ``status`` instead.
         """
+        with relaxed_gc():
+            return await self._request(
+                verb, args, selector, limit, timeout, on_progress, on_reply, retries
+            )
+
+    async def _request(
+        self,
+        verb: Verb,
+        args: BaseModel,
+        selector: Selector | None,
+        limit: Limit | None,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        on_reply: ReplyCallback | None,
+        retries: int,
+    ) -> FleetResult[Any]:
         spec = VERBS[verb]
         started = time.monotonic()
         targets = await self.resolve(selector, limit)
@@ -298,6 +331,7 @@ class Fleet:
                     on_progress=on_progress,
                     on_reply=on_reply,
                     signer=self.signer,
+                    result_model=spec.result,
                 )
             result.request_id = result.request_id or gathered.request_id
             self._collect(result, gathered, spec.result)
@@ -319,20 +353,27 @@ class Fleet:
 
     @staticmethod
     def _collect(result: FleetResult[Any], gathered: Gathered, model: type[BaseModel]) -> None:
+        """Sort one gather's answers into replies and errors (results are validated already,
+        with their envelope, in :func:`gather_replies`)."""
+        replies, errors = result.replies, result.errors
+        typed, invalid = gathered.results, gathered.invalid_results
         for host, reply in gathered.replies.items():
             if not reply.ok:
                 assert reply.error is not None
-                result.errors[host] = reply.error
-                continue
-            try:
-                result.replies[host] = model.model_validate(reply.result or {})
-            except ValidationError as exc:
-                result.errors[host] = ErrorInfo(
-                    code=ErrorCode.INVALID_REPLY,
-                    message=f"the host's result is malformed ({exc.error_count()} errors)",
-                )
+                errors[host] = reply.error
+            elif host in typed:
+                replies[host] = typed[host]
+            elif host in invalid:
+                errors[host] = ErrorInfo(code=ErrorCode.INVALID_REPLY, message=invalid[host])
+            else:  # gathered without a result model
+                try:
+                    replies[host] = model.model_validate(reply.result or {})
+                except ValidationError as exc:
+                    errors[host] = ErrorInfo(
+                        code=ErrorCode.INVALID_REPLY, message=invalid_result_message(exc)
+                    )
         for host, message in gathered.malformed.items():
-            result.errors[host] = ErrorInfo(code=ErrorCode.INVALID_REPLY, message=message)
+            errors[host] = ErrorInfo(code=ErrorCode.INVALID_REPLY, message=message)
 
     async def ping(
         self,
@@ -803,7 +844,7 @@ class Fleet:
         if selector.labels:
             facts = {r.host_id: r.facts.selectable() for r in await self.agents()}
         sub = await self.nc.subscribe(self.subjects.events_all(), pending_msgs_limit=100_000)
-        await self.nc.flush()
+        await flush_in_order(self.nc)
         return self._events(sub, selector, facts)
 
     async def _events(

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
 from protocol import (
     Progress,
@@ -45,10 +48,92 @@ ProgressCallback = Callable[[Progress], None]
 ReplyCallback = Callable[[Reply], None]
 
 
+@functools.cache
+def _typed_inbox(model: type[BaseModel]) -> TypeAdapter[Progress | Reply]:
+    """The inbox's messages with a reply's ``result`` validated as ``model`` in the same
+    pass as the envelope: one validation per reply, straight from the JSON bytes."""
+    result_type: Any = model | None
+    typed = create_model(f"{model.__name__}Reply", __base__=Reply, result=(result_type, None))
+    return TypeAdapter(Annotated[Progress | typed, Field(discriminator="kind")])
+
+
+def _envelope(reply: Reply, result: dict[str, Any] | None) -> Reply:
+    """A plain :class:`Reply` with the envelope of ``reply`` and the given result."""
+    return Reply.model_construct(
+        reply.model_fields_set,
+        v=reply.v,
+        kind=reply.kind,
+        id=reply.id,
+        host=reply.host,
+        ok=reply.ok,
+        result=result,
+        error=reply.error,
+        started_at=reply.started_at,
+        duration=reply.duration,
+    )
+
+
+def invalid_result_message(exc: ValidationError) -> str:
+    return f"the host's result is malformed ({exc.error_count()} errors)"
+
+
+_gc_lock = threading.Lock()
+_gc_holds = 0
+_gc_thresholds = gc.get_threshold()
+_gc_froze = False
+RELAXED_GC_THRESHOLD = 100_000
+"""Allocations between two young-generation collections while a bulk read runs."""
+
+
+@contextlib.contextmanager
+def relaxed_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector out of the way while thousands of replies or
+    heartbeats arrive.
+
+    Each one leaves dozens of tracked objects behind (models, dicts, lists). At the
+    default thresholds that sets off hundreds of young collections and several full ones
+    per 10,000 hosts, each full one walking the whole heap (every module, schema and
+    model the process holds): about half the controller's CPU. While held, objects that
+    existed before are frozen out of the collector's sight (``gc.freeze``) and young
+    collections run every ``RELAXED_GC_THRESHOLD`` allocations instead of 700.
+    Reference counting frees everything else as usual and the collector keeps running,
+    so a long request (``logs -f``) stays bounded. Nested and concurrent holds share one;
+    the last one out restores the thresholds found by the first and unfreezes (unless
+    the application had frozen objects itself, which is left alone).
+    """
+    global _gc_holds, _gc_thresholds, _gc_froze
+    with _gc_lock:
+        if _gc_holds == 0:
+            _gc_thresholds = gc.get_threshold()
+            if 0 < _gc_thresholds[0] < RELAXED_GC_THRESHOLD:
+                gc.set_threshold(RELAXED_GC_THRESHOLD, *_gc_thresholds[1:])
+            _gc_froze = gc.isenabled() and gc.get_freeze_count() == 0
+            if _gc_froze:
+                gc.freeze()
+        _gc_holds += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holds -= 1
+            if _gc_holds == 0:
+                gc.set_threshold(*_gc_thresholds)
+                if _gc_froze:
+                    gc.unfreeze()
+                    _gc_froze = False
+
+
 @dataclass(slots=True)
 class Gathered:
     request_id: str
     replies: dict[str, Reply] = field(default_factory=dict)
+    """Every valid final reply, ok or not. With a ``result_model``, the result of an ok
+    reply is in ``results`` instead (``result`` is None here), or, when it is not a valid
+    result, named in ``invalid_results`` (and kept here as sent)."""
+    results: dict[str, BaseModel] = field(default_factory=dict)
+    """With a ``result_model``: the result of each ok reply, validated with the envelope."""
+    invalid_results: dict[str, str] = field(default_factory=dict)
+    """With a ``result_model``: ok replies whose result is not one (why, for the error)."""
     malformed: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     """Hosts that never answered, including ``no_responders``."""
@@ -74,6 +159,7 @@ async def gather_replies(
     on_reply: ReplyCallback | None = None,
     signer: Signer | None = None,
     follow_up: bool = True,
+    result_model: type[BaseModel] | None = None,
 ) -> Gathered:
     """Send ``verb`` directly to each host and wait for one final reply per host.
 
@@ -81,8 +167,13 @@ async def gather_replies(
     moves to ``timeout`` seconds after its latest progress message. Hosts still
     silent at the end are asked (``status``) what became of the request, so a
     slow host, a lost reply and a dead host are told apart.
+
+    With ``result_model`` each reply is validated once, envelope and result together,
+    into ``Gathered.results``; an ok reply whose result does not fit is kept in
+    ``Gathered.invalid_results``, never dropped.
     """
     expected = set(hosts)
+    inbox_adapter = _INBOX_MESSAGE if result_model is None else _typed_inbox(result_model)
     request_id = new_request_id()
     result = Gathered(request_id=request_id)
     started = time.monotonic()
@@ -123,40 +214,77 @@ async def gather_replies(
                 return
             chunks.pop(sent_to, None)
             data = joined
+        message: Progress | Reply | None = None
+        invalid: ValidationError | None = None
+        typed: BaseModel | None = None  # the result of an ok reply, as ``result_model``
+        bad_result: str | None = None  # why the result of an ok reply is not one
         try:
-            message = _INBOX_MESSAGE.validate_json(data)
-            if isinstance(message, Progress):
-                progress = message
-                if progress.id != request_id or progress.host not in waiting:
-                    return
-                if progress.host != sent_to:
-                    log.warning("ignoring progress for %s sent by %s", progress.host, sent_to)
-                    return
-                deadlines[progress.host] = time.monotonic() + timeout
-                result.last_progress[progress.host] = progress
-                if on_progress is not None:
-                    on_progress(progress)
-                return
-            reply = message
+            message = inbox_adapter.validate_json(data)
+            if result_model is not None and isinstance(message, Reply) and message.ok:
+                typed = getattr(message, "result", None)  # validated with the envelope
         except ValidationError as exc:
+            invalid = exc
+        if message is None and result_model is not None:
+            # Slow path, for invalid messages only: is it the envelope, or only the result?
+            try:
+                message = _INBOX_MESSAGE.validate_json(data)
+            except ValidationError as exc:
+                invalid = exc
+            else:
+                if isinstance(message, Reply) and message.ok and message.result is not None:
+                    try:
+                        typed = result_model.model_validate(message.result)
+                    except ValidationError as exc:
+                        bad_result = invalid_result_message(exc)
+        if message is None:
             host = sent_to
             if host in waiting:
                 waiting.discard(host)
-                result.malformed[host] = f"malformed reply: {exc.error_count()} error(s)"
+                errors = invalid.error_count() if invalid is not None else 1
+                result.malformed[host] = f"malformed reply: {errors} error(s)"
                 if not waiting:
                     all_in.set()
             else:
                 log.warning("ignoring malformed message on the reply inbox")
             return
+        if isinstance(message, Progress):
+            progress = message
+            if progress.id != request_id or progress.host not in waiting:
+                return
+            if progress.host != sent_to:
+                log.warning("ignoring progress for %s sent by %s", progress.host, sent_to)
+                return
+            deadlines[progress.host] = time.monotonic() + timeout
+            result.last_progress[progress.host] = progress
+            if on_progress is not None:
+                on_progress(progress)
+            return
+        reply = message
         if reply.host not in waiting or reply.id != request_id:
             return  # late, duplicate, or not ours
         if reply.host != sent_to:
             log.warning("ignoring a reply for %s sent on %s's subject", reply.host, sent_to)
             return
         waiting.discard(reply.host)
-        result.replies[reply.host] = reply
-        if on_reply is not None:
+        if result_model is not None and reply.ok:
+            if typed is None and bad_result is None:  # an ok reply without a result
+                try:
+                    typed = result_model.model_validate({})
+                except ValidationError as exc:
+                    bad_result = invalid_result_message(exc)
+            if typed is not None:
+                result.results[reply.host] = typed
+                reply = _envelope(reply, None)
+                if on_reply is not None:
+                    on_reply(_envelope(reply, typed.model_dump(mode="json")))
+            else:
+                assert bad_result is not None
+                result.invalid_results[reply.host] = bad_result
+                if on_reply is not None:
+                    on_reply(reply)
+        elif on_reply is not None:
             on_reply(reply)
+        result.replies[reply.host] = reply
         if not waiting:
             all_in.set()
 
@@ -221,15 +349,10 @@ async def _ask_status(
         sender=sender,
         signer=signer,
         follow_up=False,
+        result_model=StatusResult,
     )
-    for host, reply in asked.replies.items():
-        if not reply.ok or reply.result is None:
-            continue
-        try:
-            status = StatusResult.model_validate(reply.result)
-        except ValidationError:
-            continue
-        if status.request_id == result.request_id:
+    for host, status in asked.results.items():
+        if isinstance(status, StatusResult) and status.request_id == result.request_id:
             result.status[host] = status
 
 
