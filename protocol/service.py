@@ -53,7 +53,7 @@ class FailureAction(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class PortSpec(_Model):
@@ -201,7 +201,7 @@ class DeployArgs(_Model):
 
 
 class DeployResult(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     service: str
     action: DeployAction
@@ -227,7 +227,7 @@ class RemoveArgs(_Model):
 
 
 class RemoveResult(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     service: str
     removed: list[str] = Field(default_factory=list, description="Container ids.")
@@ -238,7 +238,7 @@ class ServicesArgs(_Model):
 
 
 class ServiceStatus(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     name: str
     revision: int
@@ -253,7 +253,7 @@ class ServiceStatus(BaseModel):
 
 
 class ServicesResult(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     services: list[ServiceStatus]
 
@@ -268,7 +268,7 @@ class PullArgs(_Model):
 
 
 class PullResult(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     image: str
     image_id: str

@@ -25,7 +25,6 @@ from controller.cli.common import (
     run,
     usage_error,
 )
-from controller.enroll import controller_user, enroll_host
 from controller.fleet import DEFAULT_TIMEOUT
 from controller.keys import KeyStore, SigningKeyError
 from protocol import AuditRecord, InvalidHostId, Role, Subjects, utcnow
@@ -77,6 +76,8 @@ def enroll(
         if not names:
             usage_error("no signing key yet: create one with 'shoal keys new NAME'")
         keys = [(n, store.load(n).public_key, role) for n in names]
+        from controller.enroll import enroll_host  # loads the agent's trust module
+
         enrollment = enroll_host(Subjects(global_options(ctx).prefix), host_id, keys)
     except SigningKeyError as exc:
         usage_error(exc.message)
@@ -113,6 +114,8 @@ def enroll(
 
 
 def enroll_controller(ctx: typer.Context, name: str, out_dir: Path | None, json_: bool) -> None:
+    from controller.enroll import controller_user
+
     public, seed, entry = controller_user(Subjects(global_options(ctx).prefix), name)
     if out_dir is not None:
         write_secret(out_dir / "controller.nk", seed)

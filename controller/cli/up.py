@@ -6,17 +6,18 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agent.config import AgentSettings
-from agent.trust import TrustEntry, render_trust
 from controller.cli.common import err, global_options, run, usage_error
 from controller.embedded import EmbeddedNats, state_dir
 from controller.fleet import Fleet
 from controller.keys import KeyStore
 from protocol import NatsOptions, Role
+
+if TYPE_CHECKING:  # the agent's modules load only when 'shoal up' runs
+    from agent.config import AgentSettings
 
 
 async def run_up(
@@ -24,6 +25,7 @@ async def run_up(
 ) -> None:
     from agent import __version__ as agent_version
     from agent.runtime import Agent, AgentStartError
+    from agent.trust import TrustEntry, render_trust
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,6 +106,8 @@ def up(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from agent.config import AgentSettings
+
     g = global_options(ctx)
     settings = None
     if not no_agent:
