@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import clistart, engines, fanout, footprint, report
+from bench import clistart, engines, fanout, footprint, report, rollout
 from bench.common import (
     Table,
     load_average,
@@ -24,7 +24,7 @@ from bench.common import (
 )
 from bench.realstack import RealStack
 
-BENCHMARKS = ("fanout", "engines", "footprint", "cli")
+BENCHMARKS = ("fanout", "engines", "footprint", "cli", "rollout")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         settle_seconds=2.0 if quick else 5.0,
     )
     cli = clistart.CliConfig(repeats=repeats or (3 if quick else 10))
+    roll = rollout.RolloutBenchConfig(
+        repeats=repeats or (2 if quick else 7),
+        payload_mib=4 if quick else 8,
+        cli=True,
+    )
 
     problem = preflight()
     if problem is not None:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in selected:
             sections["fanout"] = asyncio.run(fanout.run(fan))
             dates["fanout"] = now_utc()
-        real = [b for b in ("engines", "footprint", "cli") if b in selected]
+        real = [b for b in ("engines", "footprint", "cli", "rollout") if b in selected]
         if real:
             reason = RealStack.unavailable()
             if reason is not None:
@@ -160,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                     if "cli" in real:
                         sections["cli"] = asyncio.run(clistart.run(stack, cli))
                         dates["cli"] = now_utc()
+                    if "rollout" in real:
+                        sections["rollout"] = asyncio.run(rollout.run(stack, roll))
+                        dates["rollout"] = now_utc()
                 finally:
                     log("stopping agents, engines and nats-server")
                     stack.cleanup()
@@ -167,22 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted; everything started was stopped")
         return 130
 
-    rollout = Table(
-        "rollout",
-        "5. Rollout overhead",
-        ["measure", "result"],
-        [
-            [
-                "deploy rollout overhead",
-                "pending: not measured yet (`shoal deploy` landed after this suite was written)",
-            ]
-        ],
-    )
     elapsed = time.perf_counter() - started
     for tables in sections.values():
         for table in tables:
             print(table.text() + "\n")
-    print(rollout.text())
     log(f"done in {elapsed / 60:.1f} min")
 
     if write:
@@ -200,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             ),
             "machine": report.machine_markdown(machine),
-            "rollout": rollout.markdown(),
         }
         for key, tables in sections.items():
             header = f"_Measured {dates[key]}._"

@@ -254,10 +254,10 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     """``90m``, ``24h``, ``7d`` (also ``s`` and ``w``) in seconds; raises ValueError."""
     m = _DURATION_RE.fullmatch(text)
-    if not m or float(m[1]) <= 0:
+    if not m or float(m[1]) < 0 or (float(m[1]) == 0 and not allow_zero):
         raise ValueError(f"invalid duration {text!r}: use e.g. 90m, 24h or 7d")
     return float(m[1]) * _DURATION_UNITS[m[2]]
 

@@ -180,7 +180,7 @@ def parse_seconds(text: str, option: str) -> float:
         value = float(text)
     except ValueError:
         try:
-            return parse_duration(text)
+            return parse_duration(text, allow_zero=True)
         except ValueError as exc:
             usage_error(f"{option}: {exc}")
     if value < 0:
