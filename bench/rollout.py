@@ -600,12 +600,12 @@ def tables_for(results: Results, config: RolloutBenchConfig) -> list[Table]:
         "(`rollout_finished`): the registry read that resolves the hosts, the fleet-wide "
         "service lock taken and released in JetStream, one signed request to the 3 hosts, and "
         "on each agent the pull (with progress messages), the architecture check, create, "
-        "start, the health wait (polled every 0.25 s) and the service record written "
+        "start, the health wait (polled every 50 ms for 5 s, then every 0.25 s) and the "
+        "service record written "
         "(fsync) before and after. Monitor 0: with a health check the agent answers as soon "
         "as the container is healthy (the monitor window only applies without one). "
         "`shoal deploy` adds the interpreter's start-up, imports, the compose file and "
-        "rendering the JSON result (monitor 0 comes from the compose file's update_config: "
-        "`--monitor` takes only durations above 0).",
+        "rendering the JSON result (monitor 0 comes from the compose file's update_config).",
     ]
     table.notes += sorted(set(results.problems))[:10]
     return [table, phases_table(results)]
@@ -651,7 +651,7 @@ def phases_table(results: Results) -> Table:
         "what the agent does around the engine call: 'pull' also holds the architecture "
         "check, the service's container listing and the pending record written with fsync; "
         "'create' the record written again; 'start' the first container inspect; 'until "
-        "healthy' the 0.25 s polling and the final records and reply. The docker-py phases "
+        "healthy' the health polling and the final records and reply. The docker-py phases "
         "are the calls themselves. Medians per phase do not add up to the median total."
     ]
     return table
