@@ -138,7 +138,7 @@ def ensure_binfmt(arch: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -156,7 +156,7 @@ def debian_rootfs(arch: str, packages: Sequence[str], *, log: Path | None = None
     key = hashlib.sha256(" ".join(sorted(packages)).encode()).hexdigest()[:12]
     root = cache_dir() / f"debian-{suite}-{arch}-{key}"
     done = root / ".shoal-complete"
-    with _locked(cache_dir() / f".{root.name}.lock"):
+    with file_lock(cache_dir() / f".{root.name}.lock"):
         if done.exists():
             return root
         building = root.with_name(root.name + ".building")
@@ -340,7 +340,7 @@ def fetch_wheels(
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     house = cache_dir() / f"wheels-{key}"
     done = house / ".shoal-complete"
-    with _locked(cache_dir() / f".{house.name}.lock"):
+    with file_lock(cache_dir() / f".{house.name}.lock"):
         if done.exists():
             return house
         building = house.with_name(house.name + ".building")
@@ -533,7 +533,7 @@ def venv_rootfs(
     """
     root = base.with_name(f"{base.name}-venv-{wheelhouse.name}")
     done = root / ".shoal-complete"
-    with _locked(cache_dir() / f".{root.name}.lock"):
+    with file_lock(cache_dir() / f".{root.name}.lock"):
         if done.exists() and done.stat().st_mtime >= (base / ".shoal-complete").stat().st_mtime:
             return root  # made from the current build of the base
         building = root.with_name(root.name + ".building")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -51,6 +50,7 @@ from tests.integration.conftest import Keys
 from tests.rootfs import (
     RootfsError,
     debian_rootfs,
+    file_lock,
     host_debian_arch,
     rootfs_python_version,
     rootfs_tar,
@@ -168,20 +168,10 @@ class Docker:
         )
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached_rootfs_tar(root: Path) -> Path:
     """The rootfs as a tarball for ``docker import``, made once beside it."""
     destination = root.with_name(root.name + ".tar")
-    with _file_lock(root.with_name(f".{root.name}.tar.lock")):
+    with file_lock(root.with_name(f".{root.name}.tar.lock")):
         return rootfs_tar(root, destination)
 
 

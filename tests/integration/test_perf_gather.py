@@ -19,9 +19,7 @@ from pydantic import ValidationError
 from controller import Fleet
 from controller.gather import gather_replies
 from protocol import (
-    AgentFacts,
     ContainerSummary,
-    DockerFacts,
     ErrorCode,
     ErrorInfo,
     NatsOptions,
@@ -31,6 +29,7 @@ from protocol import (
     Subjects,
     utcnow,
 )
+from tests.factories import heartbeat
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats
@@ -148,24 +147,6 @@ async def test_the_same_reply_without_a_result_model_is_left_untyped(
         assert gathered.replies["pg-bad-result"].result == {"containers": [{"id": 5}]}
     finally:
         await nc.close()
-
-
-def heartbeat(host: str) -> bytes:
-    now = utcnow()
-    facts = AgentFacts(
-        host_id=host,
-        instance="perf",
-        arch="amd64",
-        os="linux",
-        kernel="test",
-        docker=DockerFacts(reachable=True),
-        agent_version="0",
-        protocol_version=1,
-        started_at=now,
-        sent_at=now,
-        heartbeat_interval=600,
-    )
-    return facts.model_dump_json().encode()
 
 
 async def test_every_targeted_host_is_answered_or_reported_with_invalid_reply(

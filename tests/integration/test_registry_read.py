@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Literal
 
 import nats
 import pytest
@@ -16,35 +15,11 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 import controller.registry as registry_module
 from controller.registry import Registry, registry_stream_name
-from protocol import AgentFacts, DockerFacts, Subjects, utcnow
+from protocol import Subjects, utcnow
+from tests.factories import heartbeat
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats
-
-
-def heartbeat(
-    host: str,
-    *,
-    labels: dict[str, str] | None = None,
-    status: Literal["online", "leaving"] = "online",
-) -> bytes:
-    now = utcnow()
-    facts = AgentFacts(
-        host_id=host,
-        instance="reg",
-        status=status,
-        labels=labels or {},
-        arch="amd64",
-        os="linux",
-        kernel="test",
-        docker=DockerFacts(reachable=True),
-        agent_version="0",
-        protocol_version=1,
-        started_at=now,
-        sent_at=now,
-        heartbeat_interval=600,
-    )
-    return facts.model_dump_json().encode()
 
 
 @asynccontextmanager

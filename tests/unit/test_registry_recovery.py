@@ -17,7 +17,7 @@ from controller import Fleet
 from controller.errors import RegistryUnavailable
 from controller.registry import AgentRecord, Registry, is_transient, with_recovery
 from controller.transport import jetstream_errors
-from protocol import AgentFacts, DockerFacts
+from tests.factories import agent_facts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -149,19 +149,7 @@ class FakeConnection:
 
 
 def record(host: str) -> AgentRecord:
-    facts = AgentFacts(
-        host_id=host,
-        instance="i",
-        arch="amd64",
-        os="linux",
-        kernel="6",
-        docker=DockerFacts(reachable=True),
-        agent_version="0",
-        protocol_version=1,
-        started_at=T0,
-        sent_at=T0,
-        heartbeat_interval=5,
-    )
+    facts = agent_facts(host, at=T0, heartbeat_interval=5)
     return AgentRecord(host, facts, T0, True)
 
 
