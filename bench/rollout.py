@@ -27,13 +27,11 @@ import datetime as dt
 import io
 import json
 import re
-import threading
 import time
-from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bench.common import Table, child_env, fmt, log, median, run_timed, spread, tool
 from bench.realstack import AgentProcess, ReadyWatcher, RealStack, wait_online
@@ -45,7 +43,7 @@ from controller.rollout import (
     RolloutStarted,
 )
 from protocol import HealthSpec, RolloutConfig, ServiceSpec
-from tests.stack import BUSYBOX_IMAGE, Registry, registry_available
+from tests.stack import BUSYBOX_IMAGE, Registry, in_parallel, registry_available
 
 if TYPE_CHECKING:
     import docker
@@ -244,24 +242,6 @@ def health_times(client: docker.DockerClient, container: str, noticed: float) ->
     return {"engine_healthy": healthy - _wall(state["StartedAt"]), "lag": noticed - healthy}
 
 
-def _threads(items: list[Any], work: Callable[[Any], None]) -> None:
-    errors: list[BaseException] = []
-
-    def run(item: Any) -> None:
-        try:
-            work(item)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(item,)) for item in items]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-
-
 # --------------------------------------------------------------------------- the benchmark
 
 
@@ -304,7 +284,7 @@ class RolloutBench:
             self.results.problems.append(
                 f"remove service: errors {unexpected}, missing {sorted(result.missing)}"
             )
-        await asyncio.to_thread(_threads, list(self.clients.values()), self._wipe)
+        await asyncio.to_thread(in_parallel, list(self.clients.values()), self._wipe)
 
     def _wipe(self, client: docker.DockerClient) -> None:
         import docker.errors
@@ -339,7 +319,7 @@ class RolloutBench:
             runs.append(direct_deploy(self.clients[name], self.refs[version], names[name]))
 
         t0 = time.perf_counter()
-        await asyncio.to_thread(_threads, list(self.clients), one)
+        await asyncio.to_thread(in_parallel, list(self.clients), one)
         seconds = time.perf_counter() - t0
         return Run(seconds, max(runs, key=lambda r: r.seconds).phases)
 

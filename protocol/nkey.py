@@ -118,14 +118,13 @@ class VerifyKey(Protocol):
 
 
 class SigningKey(Protocol):
+    def public_key(self) -> bytes: ...
     def sign(self, message: bytes) -> bytes: ...
 
 
 class Ed25519(Protocol):
     name: str
 
-    def public_key(self, raw_seed: bytes) -> bytes: ...
-    def sign(self, raw_seed: bytes, message: bytes) -> bytes: ...
     def signing_key(self, raw_seed: bytes) -> SigningKey: ...
     def verify_key(self, raw_key: bytes) -> VerifyKey: ...
 
@@ -152,6 +151,9 @@ class _NaclSigningKey:
 
         self._key = nacl.signing.SigningKey(raw_seed)
 
+    def public_key(self) -> bytes:
+        return bytes(self._key.verify_key.encode())
+
     def sign(self, message: bytes) -> bytes:
         return bytes(self._key.sign(message).signature)
 
@@ -163,16 +165,6 @@ class NaclEd25519:
 
     def signing_key(self, raw_seed: bytes) -> SigningKey:
         return _NaclSigningKey(raw_seed)
-
-    def public_key(self, raw_seed: bytes) -> bytes:
-        import nacl.signing
-
-        return bytes(nacl.signing.SigningKey(raw_seed).verify_key.encode())
-
-    def sign(self, raw_seed: bytes, message: bytes) -> bytes:
-        import nacl.signing
-
-        return bytes(nacl.signing.SigningKey(raw_seed).sign(message).signature)
 
     def verify_key(self, raw_key: bytes) -> VerifyKey:
         return _NaclVerifyKey(raw_key)
@@ -202,6 +194,9 @@ class _PureSigningKey:
 
         self._key = ecdsa.SigningKey.from_string(raw_seed, curve=ecdsa.Ed25519)
 
+    def public_key(self) -> bytes:
+        return bytes(self._key.get_verifying_key().to_string())
+
     def sign(self, message: bytes) -> bytes:
         return bytes(self._key.sign(message))
 
@@ -213,17 +208,6 @@ class PureEd25519:
 
     def signing_key(self, raw_seed: bytes) -> SigningKey:
         return _PureSigningKey(raw_seed)
-
-    def public_key(self, raw_seed: bytes) -> bytes:
-        import ecdsa
-
-        key = ecdsa.SigningKey.from_string(raw_seed, curve=ecdsa.Ed25519)
-        return bytes(key.get_verifying_key().to_string())
-
-    def sign(self, raw_seed: bytes, message: bytes) -> bytes:
-        import ecdsa
-
-        return bytes(ecdsa.SigningKey.from_string(raw_seed, curve=ecdsa.Ed25519).sign(message))
 
     def verify_key(self, raw_key: bytes) -> VerifyKey:
         return _PureVerifyKey(raw_key)
@@ -254,7 +238,7 @@ class KeyPair:
         self.prefix = prefix
         self._signing = backend.signing_key(raw)  # built once: signing is per host
         self._seed_text = encode_seed(raw, prefix)
-        self.public_key_text = encode_public_key(backend.public_key(raw), prefix)
+        self.public_key_text = encode_public_key(self._signing.public_key(), prefix)
 
     @classmethod
     def generate(cls, prefix: int = PREFIX_BYTE_USER) -> KeyPair:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -29,6 +28,7 @@ from tests.stack import (
     StackError,
     build_busybox_image,
     docker_available,
+    in_parallel,
     nats_available,
     registry_available,
     remove_labelled,
@@ -116,7 +116,6 @@ def engines(request: pytest.FixtureRequest, stack_dir: Path) -> Iterator[list[Do
 
 def _discard_engines(engines: list[DockerEngine]) -> None:
     """Remove every container (so dockerd need not stop them), then clean up, in parallel."""
-    errors: list[BaseException] = []
 
     def discard(engine: DockerEngine) -> None:
         try:
@@ -124,18 +123,10 @@ def _discard_engines(engines: list[DockerEngine]) -> None:
                 with contextlib.closing(engine.client(timeout=10)) as client:
                     for container in client.containers.list(all=True):
                         container.remove(force=True, v=True)
-        except Exception as exc:  # still stop the engine below
-            errors.append(exc)
         finally:
-            engine.cleanup()
+            engine.cleanup()  # even when removing failed
 
-    threads = [threading.Thread(target=discard, args=(engine,)) for engine in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    in_parallel(engines, discard)
 
 
 @pytest.fixture(scope="session")

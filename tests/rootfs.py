@@ -29,13 +29,15 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # qemu-user names the kernel machine names; Debian names its ports.
 _QEMU_NAME = {"arm64": "aarch64", "armhf": "arm", "armel": "arm"}
 _BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
 _BOOTSTRAP_TIMEOUT = 1500.0
+_COMPLETE = ".shoal-complete"
+"""The marker a finished build leaves in its directory (see build_once)."""
 
 
 class RootfsError(RuntimeError):
@@ -147,6 +149,44 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def build_once(
+    target: Path,
+    build: Callable[[Path], None],
+    *,
+    newer_than: Path | None = None,
+) -> Path:
+    """``target`` in the cache, built by ``build(directory)`` once per machine.
+
+    ``build`` fills a ``.building`` directory beside ``target`` (it may create it),
+    which is renamed to ``target`` only once it succeeded, with a completion marker;
+    a build that failed or was interrupted leaves nothing that counts. A file lock
+    keeps two runs from building the same thing. With ``newer_than`` (another
+    cached build), ``target`` is built again if that one was rebuilt since.
+    """
+    done = target / _COMPLETE
+    with file_lock(cache_dir() / f".{target.name}.lock"):
+        if done.exists() and (
+            newer_than is None or done.stat().st_mtime >= (newer_than / _COMPLETE).stat().st_mtime
+        ):
+            return target
+        building = target.with_name(target.name + ".building")
+        for stale in (building, target):
+            if stale.exists():
+                unmount_below(stale)
+                shutil.rmtree(stale)
+        started = time.monotonic()
+        try:
+            build(building)
+        except BaseException:
+            if building.exists():
+                unmount_below(building)
+                shutil.rmtree(building, ignore_errors=True)
+            raise
+        (building / _COMPLETE).write_text(f"built in {time.monotonic() - started:.0f} s\n")
+        building.rename(target)
+        return target
+
+
 def debian_rootfs(arch: str, packages: Sequence[str], *, log: Path | None = None) -> Path:
     """A cached minimal Debian rootfs for ``arch`` with ``packages`` installed."""
     reason = rootfs_unavailable(arch)
@@ -155,15 +195,9 @@ def debian_rootfs(arch: str, packages: Sequence[str], *, log: Path | None = None
     suite = debian_suite()
     key = hashlib.sha256(" ".join(sorted(packages)).encode()).hexdigest()[:12]
     root = cache_dir() / f"debian-{suite}-{arch}-{key}"
-    done = root / ".shoal-complete"
-    with file_lock(cache_dir() / f".{root.name}.lock"):
-        if done.exists():
-            return root
-        building = root.with_name(root.name + ".building")
-        if building.exists():
-            shutil.rmtree(building)
-        if root.exists():
-            shutil.rmtree(root)
+    log = log or cache_dir() / f"{root.name}.log"
+
+    def bootstrap(building: Path) -> None:
         argv = [
             "debootstrap",
             "--variant=minbase",
@@ -173,8 +207,6 @@ def debian_rootfs(arch: str, packages: Sequence[str], *, log: Path | None = None
             str(building),
             debian_mirror(),
         ]
-        log = log or cache_dir() / f"{root.name}.log"
-        started = time.monotonic()
         with log.open("wb") as out:
             try:
                 result = subprocess.run(
@@ -190,20 +222,19 @@ def debian_rootfs(arch: str, packages: Sequence[str], *, log: Path | None = None
         # Nothing of the build machine's apt state is needed in a test image.
         shutil.rmtree(building / "var/cache/apt/archives", ignore_errors=True)
         (building / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-        (building / ".shoal-complete").write_text(f"{time.monotonic() - started:.0f} s\n")
-        building.rename(root)
-        return root
+
+    return build_once(root, bootstrap)
 
 
 def rootfs_tar(root: Path, destination: Path) -> Path:
     """A tarball of ``root`` for ``docker import``, cached beside the rootfs."""
-    built = (root / ".shoal-complete").stat().st_mtime
+    built = (root / _COMPLETE).stat().st_mtime
     if destination.exists() and destination.stat().st_mtime >= built:
         return destination
     partial = destination.with_name(destination.name + ".partial")
     with tarfile.open(partial, "w") as archive:
         for entry in sorted(root.iterdir()):
-            if entry.name in {".shoal-complete", "proc", "sys", "dev"}:
+            if entry.name in {_COMPLETE, "proc", "sys", "dev"}:
                 continue
             archive.add(entry, arcname=entry.name)
         for name in ("proc", "sys", "dev"):
@@ -338,24 +369,14 @@ def fetch_wheels(
         "implementation": "cp",
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    house = cache_dir() / f"wheels-{key}"
-    done = house / ".shoal-complete"
-    with file_lock(cache_dir() / f".{house.name}.lock"):
-        if done.exists():
-            return house
-        building = house.with_name(house.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.rmtree(house, ignore_errors=True)
+
+    def fill(building: Path) -> None:
         building.mkdir(parents=True)
-        try:
-            _fill_wheelhouse(requirements, platforms, building, python_version, log)
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
+        _fill_wheelhouse(requirements, platforms, building, python_version, log)
         (building / "requirements.txt").write_text("\n".join(sorted(requirements)) + "\n")
-        (building / ".shoal-complete").write_text(json.dumps(spec, indent=2) + "\n")
-        building.rename(house)
-        return house
+        (building / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+
+    return build_once(cache_dir() / f"wheels-{key}", fill)
 
 
 def _fill_wheelhouse(
@@ -531,31 +552,21 @@ def venv_rootfs(
     ``pip install --no-index`` from the wheelhouse, both running in a chroot (under
     emulation for a foreign rootfs).
     """
-    root = base.with_name(f"{base.name}-venv-{wheelhouse.name}")
-    done = root / ".shoal-complete"
-    with file_lock(cache_dir() / f".{root.name}.lock"):
-        if done.exists() and done.stat().st_mtime >= (base / ".shoal-complete").stat().st_mtime:
-            return root  # made from the current build of the base
-        building = root.with_name(root.name + ".building")
-        for stale in (building, root):
-            if stale.exists():
-                unmount_below(stale)
-                shutil.rmtree(stale)
-        started = time.monotonic()
+    steps = [
+        ["python3", "-m", "venv", venv],
+        [
+            f"{venv}/bin/pip",
+            "install",
+            "--no-index",
+            "--find-links",
+            "/wheels",
+            "-r",
+            "/wheels/requirements.txt",
+        ],
+    ]
+
+    def install(building: Path) -> None:
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(building)], check=True)
-        (building / ".shoal-complete").unlink(missing_ok=True)
-        steps = [
-            ["python3", "-m", "venv", venv],
-            [
-                f"{venv}/bin/pip",
-                "install",
-                "--no-index",
-                "--find-links",
-                "/wheels",
-                "-r",
-                "/wheels/requirements.txt",
-            ],
-        ]
         output: list[str] = []
         try:
             with chroot_mounts(building, {"/wheels": wheelhouse}):
@@ -568,16 +579,12 @@ def venv_rootfs(
                             f"(exit {result.returncode}):\n{output[-1][-3000:]}"
                         )
             (building / "wheels").rmdir()
-        except BaseException:
-            unmount_below(building)
-            shutil.rmtree(building, ignore_errors=True)
-            raise
         finally:
             if log is not None:
                 log.write_text("\n".join(output))
-        (building / ".shoal-complete").write_text(f"{time.monotonic() - started:.0f} s\n")
-        building.rename(root)
-        return root
+
+    root = base.with_name(f"{base.name}-venv-{wheelhouse.name}")
+    return build_once(root, install, newer_than=base)  # again after a new base
 
 
 @contextlib.contextmanager

@@ -401,6 +401,7 @@ class _Part:
 
 
 _PartT = TypeVar("_PartT", bound=_Part)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- NATS
@@ -1055,27 +1056,40 @@ class Registry(_Part):
         return self.ref(repository, tag)
 
 
-def start_all(parts: Sequence[_PartT], then: Callable[[_PartT], object] | None = None) -> None:
-    """Start parts in parallel threads, calling ``then(part)`` after each start.
-
-    If any of them fails, stop all of them and raise the first error.
-    """
+def in_parallel(items: Sequence[_T], work: Callable[[_T], object]) -> None:
+    """Call ``work(item)`` for every item, each in its own thread; wait for all of
+    them, then raise the first error, if any."""
     errors: list[BaseException] = []
 
-    def run(part: _PartT) -> None:
+    def run(item: _T) -> None:
         try:
-            part.start()
-            if then is not None:
-                then(part)
+            work(item)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(part,), daemon=True) for part in parts]
+    threads = [threading.Thread(target=run, args=(item,), daemon=True) for item in items]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
+        raise errors[0]
+
+
+def start_all(parts: Sequence[_PartT], then: Callable[[_PartT], object] | None = None) -> None:
+    """Start parts in parallel threads, calling ``then(part)`` after each start.
+
+    If any of them fails, stop all of them and raise the first error.
+    """
+
+    def run(part: _PartT) -> None:
+        part.start()
+        if then is not None:
+            then(part)
+
+    try:
+        in_parallel(parts, run)
+    except BaseException:
         for part in parts:
             part.stop()
-        raise errors[0]
+        raise

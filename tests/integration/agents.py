@@ -58,6 +58,9 @@ async def ping_host(url: str, host_id: str, timeout: float = 1.0) -> dict[str, A
 class AgentProcess:
     """One ``shoal-agent`` process; stopped by its own pid."""
 
+    ready_deadline: float = READY_DEADLINE
+    """Seconds :meth:`wait_ready` allows the agent to answer a ping."""
+
     def __init__(
         self,
         workdir: Path,
@@ -110,13 +113,17 @@ class AgentProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                env={**self.base_environment(), "PYTHONUNBUFFERED": "1", **self.env},
             )
         if wait:
             self.wait_ready()
 
+    def base_environment(self) -> dict[str, str]:
+        """The environment the agent starts from (``env`` is added on top)."""
+        return dict(os.environ)
+
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_DEADLINE
+        deadline = time.monotonic() + self.ready_deadline
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
@@ -126,7 +133,9 @@ class AgentProcess:
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"agent {self.host_id} not ready in {READY_DEADLINE}s:\n{self.log()}")
+        raise RuntimeError(
+            f"agent {self.host_id} not ready in {self.ready_deadline}s:\n{self.log()}"
+        )
 
     def log(self) -> str:
         try:

@@ -33,7 +33,7 @@ from controller.registry import AgentRecord
 from controller.result import FleetResult
 from protocol import AgentFacts, NatsOptions, Selector, Signer
 from tests.conftest import require
-from tests.integration.agents import AgentProcess, ping_host, poll
+from tests.integration.agents import AgentProcess, poll
 from tests.integration.conftest import Keys
 from tests.rootfs import (
     CHROOT_ENV,
@@ -269,6 +269,8 @@ class ChrootAgent(AgentProcess):
     it. The environment is the chroot's own, not this machine's venv.
     """
 
+    ready_deadline = AGENT_READY_DEADLINE
+
     def __init__(self, root: Path, **kwargs: object) -> None:
         self.root = root
         super().__init__(root / "var/lib/shoal-test", **kwargs)  # type: ignore[arg-type]
@@ -283,33 +285,8 @@ class ChrootAgent(AgentProcess):
         chroot = shutil.which("chroot") or "/usr/sbin/chroot"
         return [chroot, str(self.root), f"{VENV}/bin/shoal-agent", *map(self.inside, flags)]
 
-    def start(self, *, wait: bool = True) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**CHROOT_ENV, "PYTHONUNBUFFERED": "1", **self.env},
-            )
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(
-                    f"agent {self.host_id} exited with {self.process.returncode}:\n{self.log()}"
-                )
-            return asyncio.run(ping_host(self.server, self.host_id, timeout=1.0)) is not None
-
-        try:
-            poll(f"the arm64 agent {self.host_id} to answer", answers, AGENT_READY_DEADLINE)
-        except AssertionError as exc:
-            self.stop()
-            raise AssertionError(f"{exc}\n{self.log()}") from None
+    def base_environment(self) -> dict[str, str]:
+        return dict(CHROOT_ENV)
 
 
 @pytest.fixture

@@ -131,15 +131,7 @@ class Docker:
     def run(
         self, *args: str, timeout: float = 120.0, check: bool = True, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [docker_cli(), *args],
-            env={**self.env(), **env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        result = self._execute([docker_cli(), *args], env, timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"docker {' '.join(args)} exited {result.returncode}:\n"
@@ -157,8 +149,13 @@ class Docker:
         argv = [compose_cli(), "--project-directory", str(files[0].parent), "-p", project]
         for file in files:
             argv += ["-f", str(file)]
+        return self._execute([*argv, *args], env, timeout)
+
+    def _execute(
+        self, argv: list[str], env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*argv, *args],
+            argv,
             env={**self.env(), **env},
             capture_output=True,
             text=True,

@@ -83,6 +83,11 @@ def monitor(server: NatsServer, endpoint: str) -> dict[str, Any]:
         return doc
 
 
+def leaves(hub: NatsServer) -> int:
+    """How many leaf nodes are connected to ``hub`` right now."""
+    return len(monitor(hub, "leafz").get("leafs") or [])
+
+
 def client_names(server: NatsServer) -> set[str]:
     """Names of the clients connected to ``server`` right now."""
     if not server.running:
@@ -271,7 +276,7 @@ def test_agent_behind_a_leaf_node_is_registered_and_answers_on_the_hub(
         leaf.start()
         poll(
             "the leaf connected to the hub",
-            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            lambda: leaves(hub) == 1,
             DEADLINE,
         )
         assert run_shoal("init", server=hub.url).code == 0
@@ -413,7 +418,7 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         leaf.start()
         poll(
             "the leaf connected to the hub",
-            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            lambda: leaves(hub) == 1,
             DEADLINE,
         )
         init = run_shoal("init", server=hub.url)
@@ -438,7 +443,7 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         assert not pid_alive(leaf_pid)
         poll(
             "the hub to notice the leaf went away",
-            lambda: not monitor(hub, "leafz").get("leafs"),
+            lambda: leaves(hub) == 0,
             DEADLINE,
         )
 
@@ -463,7 +468,7 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         assert leaf.running
         poll(
             "the restarted leaf connected to the hub",
-            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            lambda: leaves(hub) == 1,
             DEADLINE,
         )
         poll(
@@ -583,7 +588,7 @@ def test_leaf_with_the_commented_authorization_and_enrolled_users(
         leaf.start()
         poll(
             "the leaf authenticated to the hub",
-            lambda: len(monitor(hub, "leafz").get("leafs") or []) == 1,
+            lambda: leaves(hub) == 1,
             DEADLINE,
         )
         assert run_shoal(*nkey, "init", server=hub.url).code == 0
