@@ -1,5 +1,7 @@
 """The Shoal controller: the Fleet library API and the ``shoal`` CLI over it."""
 
+from typing import TYPE_CHECKING, Any
+
 from controller.errors import (
     ConnectError,
     FleetError,
@@ -11,22 +13,55 @@ from controller.fleet import Fleet
 from controller.locks import LockHeld, LockLost, ServiceLock
 from controller.registry import AgentRecord
 from controller.result import ExitCode, FleetResult
-from controller.rollout import (
-    HostFinished,
-    HostProgress,
-    InvalidParallelism,
-    RollbackStarted,
-    RolloutEvent,
-    RolloutFinished,
-    RolloutReport,
-    RolloutStarted,
-    WaveFinished,
-    WaveStarted,
-    collect_rollout,
-    plan_waves,
-    rollout_exit_code,
-)
 from controller.targeting import Limit, Targets, resolve_targets
+
+if TYPE_CHECKING:
+    from controller.rollout import (
+        HostFinished,
+        HostProgress,
+        InvalidParallelism,
+        RollbackStarted,
+        RolloutEvent,
+        RolloutFinished,
+        RolloutReport,
+        RolloutStarted,
+        WaveFinished,
+        WaveStarted,
+        collect_rollout,
+        plan_waves,
+        rollout_exit_code,
+    )
+
+# The rollout engine loads on first use (``controller.RolloutReport``, ``Fleet.deploy``),
+# so that commands and programs that never deploy do not pay for importing it.
+_ROLLOUT = frozenset(
+    {
+        "HostFinished",
+        "HostProgress",
+        "InvalidParallelism",
+        "RollbackStarted",
+        "RolloutEvent",
+        "RolloutFinished",
+        "RolloutReport",
+        "RolloutStarted",
+        "WaveFinished",
+        "WaveStarted",
+        "collect_rollout",
+        "plan_waves",
+        "rollout_exit_code",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ROLLOUT:
+        raise AttributeError(f"module 'controller' has no attribute {name!r}")
+    from controller import rollout
+
+    value = getattr(rollout, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AgentRecord",

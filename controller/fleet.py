@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -35,7 +35,6 @@ from controller.gather import (
 from controller.locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from controller.registry import AgentRecord, Registry, is_online, is_transient, with_recovery
 from controller.result import FleetResult
-from controller.rollout import RolloutEvent, deploy_rollout, rollback_rollout
 from controller.targeting import Limit, Targets, resolve_targets
 from controller.transport import connect, nats_errors
 from protocol import (
@@ -95,6 +94,9 @@ from protocol import (
     utcnow,
 )
 from protocol.connection import flush_in_order
+
+if TYPE_CHECKING:
+    from controller.rollout import RolloutEvent
 
 log = logging.getLogger("shoal.controller")
 R = TypeVar("R", bound=BaseModel)
@@ -487,6 +489,8 @@ class Fleet:
         inside ``async with contextlib.aclosing(fleet.deploy(...)) as events``) sends
         nothing more, waits for the wave already sent, and releases the lock.
         """
+        from controller.rollout import deploy_rollout  # loaded by the first rollout
+
         return deploy_rollout(
             self,
             spec,
@@ -517,6 +521,8 @@ class Fleet:
         pauses (a rollback is not rolled back). A host without a previous revision
         fails with ``not_found``.
         """
+        from controller.rollout import rollback_rollout
+
         return rollback_rollout(
             self,
             service,

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import typer
+import typer.core
+import typer.main
 
 from controller import __version__
-from controller.cli import agents as agents_cmd
-from controller.cli import everyday
-from controller.cli import keys as keys_cmd
-from controller.cli import security as security_cmd
 from controller.cli.common import (
     GlobalOptions,
     JsonOpt,
@@ -23,14 +24,114 @@ from controller.cli.common import (
     print_json,
     run,
 )
-from controller.cli.deploy import deploy, pull, rollback, services
-from controller.cli.disk import df, prune
-from controller.cli.ps import ps
-from controller.cli.up import up
 from controller.result import ExitCode
-from protocol import protocol_schema
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A command whose module is imported only when the command is run or listed.
+
+    ``target`` is ``module:attribute``: a command function, or (``group``) a Typer
+    app of subcommands.
+    """
+
+    target: str
+    panel: str
+    group: bool = False
+
+    def load(self, name: str) -> typer.core.TyperCommand | typer.core.TyperGroup:
+        module, _, attribute = self.target.partition(":")
+        found = getattr(importlib.import_module(module), attribute)
+        command: typer.core.TyperCommand | typer.core.TyperGroup
+        if self.group:
+            command = typer.main.get_group(found)
+        else:
+            single = typer.Typer(add_completion=False, rich_markup_mode="rich")
+            single.command(name=name)(found)
+            command = cast(typer.core.TyperCommand, typer.main.get_command(single))
+        command.name = name
+        command.rich_help_panel = self.panel
+        return command
+
+
+# Every command but the two defined below, in the order `shoal --help` lists them.
+# A command's module (and what it imports: rich, the compose loader, the rollout
+# engine) loads only when that command runs, so `shoal ps` does not pay for `deploy`.
+LAZY_COMMANDS: dict[str, Lazy] = {
+    "ps": Lazy("controller.cli.ps:ps", "Fleet"),
+    "agents": Lazy("controller.cli.agents:app", "Fleet", group=True),
+    "images": Lazy("controller.cli.everyday:images", "Fleet"),
+    "stats": Lazy("controller.cli.everyday:stats", "Fleet"),
+    "events": Lazy("controller.cli.everyday:events", "Fleet"),
+    "info": Lazy("controller.cli.everyday:info", "Fleet"),
+    "logs": Lazy("controller.cli.everyday:logs", "Containers"),
+    "inspect": Lazy("controller.cli.everyday:inspect", "Containers"),
+    "start": Lazy("controller.cli.everyday:start", "Containers"),
+    "stop": Lazy("controller.cli.everyday:stop", "Containers"),
+    "restart": Lazy("controller.cli.everyday:restart", "Containers"),
+    "rm": Lazy("controller.cli.everyday:rm", "Containers"),
+    "df": Lazy("controller.cli.disk:df", "Disk"),
+    "prune": Lazy("controller.cli.disk:prune", "Disk"),
+    "deploy": Lazy("controller.cli.deploy:deploy", "Deploy"),
+    "rollback": Lazy("controller.cli.deploy:rollback", "Deploy"),
+    "services": Lazy("controller.cli.deploy:services", "Deploy"),
+    "pull": Lazy("controller.cli.deploy:pull", "Deploy"),
+    "up": Lazy("controller.cli.up:up", "Set-up"),
+    "keys": Lazy("controller.cli.keys:app", "Security", group=True),
+    "enroll": Lazy("controller.cli.security:enroll", "Security"),
+    "audit": Lazy("controller.cli.security:audit", "Security"),
+}
+
+
+class Commands(MutableMapping[str, Any]):
+    """The group's commands: every name known at once, each built on first use."""
+
+    def __init__(self, built: MutableMapping[str, Any]) -> None:
+        self._built: dict[str, Any] = {}
+        self._lazy = dict(LAZY_COMMANDS)
+        self._order = [*LAZY_COMMANDS, *built]
+        self._built.update(built)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            if name not in self._lazy:
+                raise KeyError(name)
+            self._built[name] = self._lazy[name].load(name)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        if name not in self._order:
+            self._order.append(name)
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._order.remove(name)
+        self._built.pop(name, None)
+        self._lazy.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._order))
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._order
+
+
+class ShoalGroup(typer.core.TyperGroup):
+    """The ``shoal`` group, with :class:`Commands` for its commands."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = Commands(self.commands)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
 
 app = typer.Typer(
+    cls=ShoalGroup,
     name="shoal",
     add_completion=False,
     no_args_is_help=True,
@@ -118,30 +219,6 @@ def main_callback(
     )
 
 
-app.command(rich_help_panel="Fleet")(ps)
-app.add_typer(agents_cmd.app, name="agents", rich_help_panel="Fleet")
-app.command(rich_help_panel="Fleet")(everyday.images)
-app.command(rich_help_panel="Fleet")(everyday.stats)
-app.command(rich_help_panel="Fleet")(everyday.events)
-app.command(rich_help_panel="Fleet")(everyday.info)
-app.command(rich_help_panel="Containers")(everyday.logs)
-app.command(rich_help_panel="Containers")(everyday.inspect)
-app.command(rich_help_panel="Containers")(everyday.start)
-app.command(rich_help_panel="Containers")(everyday.stop)
-app.command(rich_help_panel="Containers")(everyday.restart)
-app.command(rich_help_panel="Containers")(everyday.rm)
-app.command(rich_help_panel="Disk")(df)
-app.command(rich_help_panel="Disk")(prune)
-app.command(rich_help_panel="Deploy")(deploy)
-app.command(rich_help_panel="Deploy")(rollback)
-app.command(rich_help_panel="Deploy")(services)
-app.command(rich_help_panel="Deploy")(pull)
-app.command(rich_help_panel="Set-up")(up)
-app.add_typer(keys_cmd.app, name="keys", rich_help_panel="Security")
-app.command(rich_help_panel="Security")(security_cmd.enroll)
-app.command(rich_help_panel="Security")(security_cmd.audit)
-
-
 @app.command(rich_help_panel="Set-up")
 def init(
     ctx: typer.Context,
@@ -168,6 +245,8 @@ def init(
 @app.command(rich_help_panel="Set-up")
 def schema() -> None:
     """Print the JSON Schema of the protocol (envelope, heartbeat, every verb)."""
+    from protocol import protocol_schema
+
     sys.stdout.write(json.dumps(protocol_schema(), indent=2) + "\n")
 
 

@@ -11,13 +11,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from controller.errors import ConnectError, FleetError, InvalidLimit, RegistryUnavailable
 from controller.fleet import DEFAULT_TIMEOUT, Fleet
@@ -27,6 +24,10 @@ from controller.targeting import Limit
 from protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
 from protocol.envelope import summarize_validation_error
 
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleDimensions
+    from rich.status import Status
+
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
 
@@ -34,14 +35,88 @@ EXIT_NATS_UNREACHABLE = 5
 """Exit code when NATS itself cannot be reached (beyond the fleet codes 0-4)."""
 
 
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "250"))
-    return Console(file=stream, width=width, soft_wrap=False, highlight=False)
+Part = str | tuple[str, str]
+"""Text of a message line, or (text, Rich style) for a part shown in color on a terminal."""
 
 
-out = _console()
-err = _console(stderr=True)
+class Stream:
+    """Standard output or error for the CLI, with Rich loaded only when a message needs it.
+
+    ``say`` writes one line of parts, colored on a terminal; to a pipe or a file it
+    writes the text alone without loading Rich, which keeps ``--json`` and piped
+    commands quick to start. Text in the parts is never read as Rich markup, so a
+    host's error message can hold brackets. ``print`` and ``status`` are Rich's.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self.stderr = stderr
+        self._file: TextIO | None = None
+        self._console: Console | None = None
+
+    @property
+    def file(self) -> TextIO:
+        if self._file is not None:
+            return self._file
+        return sys.stderr if self.stderr else sys.stdout
+
+    @file.setter
+    def file(self, stream: TextIO) -> None:
+        self._file = stream
+        if self._console is not None:
+            self._console.file = stream
+
+    @property
+    def is_terminal(self) -> bool:
+        if self._console is not None:
+            return self._console.is_terminal
+        try:
+            return bool(os.environ.get("FORCE_COLOR")) or self.file.isatty()
+        except ValueError:  # closed
+            return False
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            tty = self.file.isatty()
+            self._console = Console(
+                stderr=self.stderr,
+                file=self._file,
+                width=None if tty else int(os.environ.get("COLUMNS", "250")),
+                soft_wrap=False,
+                highlight=False,
+            )
+        return self._console
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        return self.console.size
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+    def status(self, label: str) -> Status:
+        return self.console.status(label)
+
+    def say(self, *parts: Part) -> None:
+        if self.is_terminal:
+            from rich.text import Text
+
+            self.console.print(Text.assemble(*parts))
+            return
+        text = "".join(part if isinstance(part, str) else part[0] for part in parts)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+
+out = Stream(stderr=False)
+err = Stream(stderr=True)
+
+
+def error(message: str) -> None:
+    """``error: message`` on standard error."""
+    err.say(("error:", "red"), f" {message}")
 
 
 @dataclass
@@ -125,7 +200,7 @@ LimitOpt = Annotated[
 
 
 def usage_error(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    error(message)
     raise typer.Exit(int(ExitCode.USAGE))
 
 
@@ -183,21 +258,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except ConnectError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        error(exc.message)
         raise typer.Exit(EXIT_NATS_UNREACHABLE) from None
     except (InvalidSelector, InvalidLimit) as exc:
         usage_error(exc.message)
-    except RegistryUnavailable as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
-    except FleetError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+    except (RegistryUnavailable, FleetError) as exc:
+        error(exc.message)
         raise typer.Exit(1) from None
     except ShoalError as exc:
-        err.print(f"[red]error:[/red] {exc.code}: {exc.message}")
+        error(f"{exc.code}: {exc.message}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.say("interrupted")
         raise typer.Exit(130) from None
 
 
@@ -212,6 +284,8 @@ async def with_progress(label: str, work: Callable[[], Awaitable[T]]) -> T:
 def print_rows(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A table: Rich on a terminal; plain aligned text otherwise (fast for huge fleets)."""
     if out.is_terminal:
+        from rich.table import Table
+
         table = Table(box=None, pad_edge=False, header_style="bold")
         for header in headers:
             table.add_column(header, no_wrap=True)
@@ -274,12 +348,10 @@ def human_size(size: float) -> str:
 def render_footer(result: FleetResult[Any]) -> None:
     """Name every host that did not answer or answered with an error."""
     answered = len(result.replies)
-    summary = Text(f"{answered}/{len(result.targeted)} hosts answered ok")
-    if result.duration:
-        summary.append(f" in {result.duration:.2f}s", style="dim")
-    err.print(summary)
-    for host, error in sorted(result.errors.items()):
-        err.print(f"[red]error[/red] {host}: {error.code}: {error.message}")
+    took = (f" in {result.duration:.2f}s", "dim") if result.duration else ""
+    err.say(f"{answered}/{len(result.targeted)} hosts answered ok", took)
+    for host, failure in sorted(result.errors.items()):
+        err.say(("error", "red"), f" {host}: {failure.code}: {failure.message}")
     for host in result.missing:
         if host in result.offline:
             reason = "offline"
@@ -296,12 +368,12 @@ def render_footer(result: FleetResult[Any]) -> None:
                 reason = f"finished ({outcome}) but its reply was lost"
         else:
             reason = "no answer"
-        err.print(f"[yellow]missing[/yellow] {host}: {reason}")
+        err.say(("missing", "yellow"), f" {host}: {reason}")
 
 
 def finish(result: FleetResult[Any]) -> NoReturn:
     if not result.targeted:
-        err.print("[yellow]no host matched the target[/yellow]")
+        err.say(("no host matched the target", "yellow"))
     raise typer.Exit(int(result.exit_code))
 
 

@@ -242,7 +242,7 @@ def load_project(file: Path | None, names: list[str]) -> Project:
             raise
         usage_error(
             "reading compose files needs PyYAML, which is not installed here (it has no "
-            "wheel for 32-bit ARM): pip install 'shoal\\[yaml]'"
+            "wheel for 32-bit ARM): pip install 'shoal[yaml]'"
         )
 
     if file is None:
@@ -258,7 +258,7 @@ def load_project(file: Path | None, names: list[str]) -> Project:
     except OSError as exc:
         usage_error(f"cannot read {file}: {exc.strerror or exc}")
     for warning in project.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.say(("warning:", "yellow"), f" {warning}")
     if not project.services:
         usage_error(f"{file}: no service to deploy")
     return Project(project.services, project.update_config, project.rollback_config)
@@ -311,7 +311,7 @@ class HostBoard:
     def start(self) -> None:
         self._live = Live(
             get_renderable=self.render,
-            console=err,
+            console=err.console,
             refresh_per_second=8,
             transient=True,
         )

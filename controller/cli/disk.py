@@ -188,9 +188,10 @@ def render_prune_summary(result: FleetResult[PruneResult]) -> None:
     for host, reply in sorted(result.replies.items()):
         for kind, outcome in reply.kinds.items():
             for failure in outcome.failed:
-                err.print(
-                    f"[red]failed[/red] {host} {kind} {failure.name or failure.id[:12]}: "
-                    f"{failure.code}: {failure.message}"
+                err.say(
+                    ("failed", "red"),
+                    f" {host} {kind} {failure.name or failure.id[:12]}: "
+                    f"{failure.code}: {failure.message}",
                 )
     if totals["protected"]:
         err.print(

@@ -581,7 +581,7 @@ def stats(
 
     async def watching() -> FleetResult[StatsResult] | None:
         last: FleetResult[StatsResult] | None = None
-        live = Live(Text("sampling the fleet…"), console=out, auto_refresh=False)
+        live = Live(Text("sampling the fleet…"), console=out.console, auto_refresh=False)
         use_live = is_terminal() and not json_
         async with fleet, interruptible() as stop:
             with live if use_live else contextlib.nullcontext():

@@ -39,7 +39,7 @@ def new(
         print_json(key_json(info))
         return
     out.print(info.public_key)
-    err.print(f"created key {info.name!r} in {info.path}" + (" (default)" if info.default else ""))
+    err.say(f"created key {info.name!r} in {info.path}" + (" (default)" if info.default else ""))
 
 
 @app.command("list")

@@ -88,7 +88,7 @@ def enroll(
         (out_dir / "trust.toml").write_text(enrollment.trust_toml)
         write_secret(out_dir / "agent.nk", enrollment.nats_seed)
         (out_dir / "nats-user.conf").write_text(enrollment.nats_user + "\n")
-        err.print(f"wrote {out_dir}/trust.toml, agent.nk (secret) and nats-user.conf")
+        err.say(f"wrote {out_dir}/trust.toml, agent.nk (secret) and nats-user.conf")
     if json_:
         print_json(
             {
@@ -120,7 +120,7 @@ def enroll_controller(ctx: typer.Context, name: str, out_dir: Path | None, json_
     if out_dir is not None:
         write_secret(out_dir / "controller.nk", seed)
         (out_dir / "nats-user.conf").write_text(entry + "\n")
-        err.print(f"wrote {out_dir}/controller.nk (secret) and nats-user.conf")
+        err.say(f"wrote {out_dir}/controller.nk (secret) and nats-user.conf")
     if json_:
         doc = {"name": name, "nats_public_key": public, "nats_user": entry}
         if out_dir is None:

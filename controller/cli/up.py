@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from controller.cli.common import err, global_options, run, usage_error
+from controller.cli.common import err, error, global_options, run, usage_error
 from controller.embedded import EmbeddedNats, state_dir
 from controller.fleet import Fleet
 from controller.keys import KeyStore
@@ -52,7 +52,7 @@ async def run_up(
             try:
                 await agent.start()
             except AgentStartError as exc:
-                err.print(f"[red]error:[/red] {exc}")
+                error(str(exc))
                 raise typer.Exit(1) from None
             docker = "reachable" if agent.facts().docker.reachable else "[red]unreachable[/red]"
             err.print(
