@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 import typer.main
 from typer.testing import CliRunner
 
 from controller.cli import LAZY_COMMANDS, app
-from controller.cli.common import Stream
+from controller.cli.common import EXIT_NATS_UNREACHABLE, Stream, print_json, run
+from controller.errors import ConnectError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,3 +142,37 @@ def test_say_on_a_terminal_colors_the_parts_and_keeps_brackets(
     written = stream.file.getvalue()
     assert "\x1b[31merror\x1b[0m" in written
     assert " web-1: bad [/foo] tag" in written
+
+
+class Unknown:
+    def __str__(self) -> str:
+        return "shown as str"
+
+
+def test_print_json_writes_indented_utf8_and_str_for_unknown_values(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    print_json({"host": "hôte-1", "n": 3, "items": [1, 2], "other": Unknown()})
+    written = capsysbinary.readouterr().out
+    assert written.endswith(b"}\n")
+    assert json.loads(written) == {
+        "host": "hôte-1",
+        "n": 3,
+        "items": [1, 2],
+        "other": "shown as str",
+    }
+    assert written.startswith(b'{\n  "host": "h\xc3\xb4te-1",\n  "n": 3,\n  "items": [\n    1,')
+
+
+def test_run_returns_the_coroutines_result_and_maps_errors() -> None:
+    async def answer() -> list[int]:
+        return [1, 2, 3]
+
+    assert run(answer()) == [1, 2, 3]
+
+    async def unreachable() -> None:
+        raise ConnectError("cannot reach NATS at nats://127.0.0.1:1")
+
+    with pytest.raises(typer.Exit) as exc:
+        run(unreachable())
+    assert exc.value.exit_code == EXIT_NATS_UNREACHABLE
