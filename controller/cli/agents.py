@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from controller.cli.common import (
+    Cell,
     HostsOpt,
     JsonOpt,
     LabelsOpt,
+    Part,
     ServerOpt,
     ago,
     build_selector,
     err,
     make_fleet,
-    out,
     print_json,
+    print_rows,
     run,
     usage_error,
 )
@@ -47,37 +47,31 @@ def record_json(record: AgentRecord) -> dict[str, Any]:
     }
 
 
+AGENT_COLUMNS = ("HOST", "STATE", "LAST SEEN", "CLOCK", "ARCH", "OS", "DOCKER", "LABELS", "AGENT")
+
+
+def agent_row(r: AgentRecord) -> list[Cell]:
+    f = r.facts
+    arch = f"{f.arch}/{f.variant}" if f.variant else f.arch
+    skew = r.clock_skew
+    agent: list[Part] = [f.agent_version]
+    if f.insecure:
+        agent.append((" INSECURE", "bold red"))
+    return [
+        r.host_id,
+        (r.state, "green" if r.online else "red"),
+        ago(r.last_seen),
+        "ok" if abs(skew) < CLOCK_WARN else (f"{skew:+.0f}s", "yellow"),
+        arch,
+        f.os,
+        (f.docker.version or "?") if f.docker.reachable else ("unreachable", "red"),
+        ",".join(f"{k}={v}" for k, v in sorted(f.labels.items())),
+        agent,
+    ]
+
+
 def render_agents(records: list[AgentRecord]) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in (
-        "HOST",
-        "STATE",
-        "LAST SEEN",
-        "CLOCK",
-        "ARCH",
-        "OS",
-        "DOCKER",
-        "LABELS",
-        "AGENT",
-    ):
-        table.add_column(column, no_wrap=True)
-    for r in records:
-        f = r.facts
-        state = Text(r.state, style="green" if r.online else "red")
-        docker = (
-            Text(f.docker.version or "?")
-            if f.docker.reachable
-            else Text("unreachable", style="red")
-        )
-        arch = f"{f.arch}/{f.variant}" if f.variant else f.arch
-        labels = ",".join(f"{k}={v}" for k, v in sorted(f.labels.items()))
-        skew = r.clock_skew
-        clock = Text("ok") if abs(skew) < CLOCK_WARN else Text(f"{skew:+.0f}s", style="yellow")
-        agent = Text(f.agent_version)
-        if f.insecure:
-            agent.append(" INSECURE", style="bold red")
-        table.add_row(r.host_id, state, ago(r.last_seen), clock, arch, f.os, docker, labels, agent)
-    out.print(table)
+    print_rows(AGENT_COLUMNS, [agent_row(r) for r in records])
 
 
 @app.callback()
@@ -104,7 +98,7 @@ def agents(
     else:
         render_agents(records)
         online = sum(r.online for r in records)
-        err.print(f"{len(records)} hosts, {online} online, {len(records) - online} offline")
+        err.say(f"{len(records)} hosts, {online} online, {len(records) - online} offline")
     if not records and not target.is_everything:
         raise typer.Exit(int(ExitCode.NO_MATCH))
 
@@ -127,9 +121,9 @@ def forget(
         async with fleet:
             online = any(r.host_id == host_id and r.online for r in await fleet.agents())
             if online:
-                err.print(
-                    f"[yellow]warning:[/yellow] {host_id} is online; "
-                    "it will reappear with its next heartbeat"
+                err.say(
+                    ("warning:", "yellow"),
+                    f" {host_id} is online; it will reappear with its next heartbeat",
                 )
             return await fleet.forget(host_id)
 
@@ -137,8 +131,8 @@ def forget(
     if json_:
         print_json({"host_id": host_id, "forgotten": known})
     elif known:
-        err.print(f"forgot {host_id}")
+        err.say(f"forgot {host_id}")
     else:
-        err.print(f"[yellow]{host_id} was not known[/yellow]")
+        err.say((f"{host_id} was not known", "yellow"))
     if not known:
         raise typer.Exit(int(ExitCode.NO_MATCH))

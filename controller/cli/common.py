@@ -290,27 +290,44 @@ async def with_progress(label: str, work: Callable[[], Awaitable[T]]) -> T:
         return await work()
 
 
-def print_rows(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A table: Rich on a terminal; plain aligned text otherwise (fast for huge fleets)."""
+Cell = Part | list[Part]
+"""A table cell: text, (text, style), or several such parts."""
+
+
+def _plain(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return cell
+    if isinstance(cell, tuple):
+        return cell[0]
+    return "".join(_plain(part) for part in cell)
+
+
+def print_rows(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> None:
+    """A table: Rich on a terminal (styles shown); plain aligned text otherwise, which is
+    fast for huge fleets. Cell text is never read as Rich markup."""
     if out.is_terminal:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, pad_edge=False, header_style="bold")
         for header in headers:
             table.add_column(header, no_wrap=True)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(
+                *(Text.assemble(*(cell if isinstance(cell, list) else [cell])) for cell in row)
+            )
         out.print(table)
         return
+    texts = [[_plain(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            if len(cell) > widths[i]:
-                widths[i] = len(cell)
+    for row_text in texts:
+        for i, text in enumerate(row_text):
+            if len(text) > widths[i]:
+                widths[i] = len(text)
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.extend(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        "  ".join(text.ljust(w) for text, w in zip(row_text, widths, strict=True)).rstrip()
+        for row_text in texts
     )
     sys.stdout.write("\n".join(lines) + "\n")
 

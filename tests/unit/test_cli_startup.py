@@ -19,8 +19,8 @@ import typer
 import typer.main
 from typer.testing import CliRunner
 
-from controller.cli import LAZY_COMMANDS, app
-from controller.cli.common import EXIT_NATS_UNREACHABLE, Stream, print_json, run
+from controller.cli import LAZY_COMMANDS, app, common
+from controller.cli.common import EXIT_NATS_UNREACHABLE, Stream, print_json, print_rows, run
 from controller.errors import ConnectError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,3 +176,31 @@ def test_run_returns_the_coroutines_result_and_maps_errors() -> None:
     with pytest.raises(typer.Exit) as exc:
         run(unreachable())
     assert exc.value.exit_code == EXIT_NATS_UNREACHABLE
+
+
+def test_print_rows_to_a_pipe_is_plain_and_aligned(capsys: pytest.CaptureFixture[str]) -> None:
+    print_rows(
+        ("HOST", "STATE", "AGENT"),
+        [
+            ["web-1", ("online", "green"), ["0.1.0", (" INSECURE", "bold red")]],
+            ["db-10", ("offline", "red"), "0.1.0"],
+        ],
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "HOST   STATE    AGENT",
+        "web-1  online   0.1.0 INSECURE",
+        "db-10  offline  0.1.0",
+    ]
+
+
+def test_print_rows_on_a_terminal_shows_styles_and_never_reads_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(common, "out", Stream(stderr=False))
+    common.out.file = Tty()
+    print_rows(("NAME", "COMMAND"), [[("web", "green"), 'sh -c "echo [/x] [bold]"']])
+    written = common.out.file.getvalue()
+    assert "\x1b[32mweb\x1b[0m" in written
+    assert 'sh -c "echo [/x] [bold]"' in written
