@@ -86,6 +86,7 @@ class Stream:
                 width=None if tty else int(os.environ.get("COLUMNS", "250")),
                 soft_wrap=False,
                 highlight=False,
+                markup=False,  # table cells and messages hold hosts' text: never read as markup
             )
         return self._console
 

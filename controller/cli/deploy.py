@@ -505,7 +505,7 @@ def render_rollout(report: RolloutReport) -> None:
     for host, error in sorted(report.failures.items()):
         logs = error.detail.get("logs")
         if report.outcomes.get(host) == "failed" and isinstance(logs, list) and logs:
-            err.print(f"[red]{host}[/red] last log lines:")
+            err.say((host, "red"), " last log lines:")
             for text in logs[-10:]:
                 err.print(Text(f"  {text}", style="dim"))
 
@@ -606,9 +606,9 @@ def report_rollouts(outcome: RolloutRun, mode: Mode) -> None:
         if outcome.error is not None:
             err.print(Text.assemble(("error: ", "red"), outcome.error))
         if no_match:
-            err.print("[yellow]no host matched the target[/yellow]")
+            err.say(("no host matched the target", "yellow"))
         elif outcome.not_run and mode != "jsonl":
-            err.print(f"[yellow]not run:[/yellow] {', '.join(outcome.not_run)}")
+            err.say(("not run:", "yellow"), f" {', '.join(outcome.not_run)}")
     raise typer.Exit(int(code))
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.table import Table
+from rich.text import Text
 
 from controller.cli.common import (
     HostsOpt,
@@ -21,6 +22,7 @@ from controller.cli.common import (
     build_limit,
     build_selector,
     err,
+    error,
     finish,
     human_size,
     make_fleet,
@@ -93,7 +95,7 @@ def render_df(result: FleetResult[DfResult]) -> None:
         table.add_section()
         for name, t in totals.items():
             table.add_row(
-                "[bold]fleet[/bold]",
+                Text("fleet", style="bold"),
                 name,
                 str(t["count"]),
                 str(t["active"]),
@@ -178,11 +180,11 @@ def render_prune_summary(result: FleetResult[PruneResult]) -> None:
     totals = prune_totals(result)
     table.add_section()
     table.add_row(
-        "[bold]total[/bold]",
+        Text("total", style="bold"),
         "",
         str(totals["removed"]),
         str(totals["failed"]),
-        f"[bold]{human_size(totals['reclaimed'])}[/bold]",
+        Text(human_size(totals["reclaimed"]), style="bold"),
     )
     out.print(table)
     for host, reply in sorted(result.replies.items()):
@@ -349,8 +351,8 @@ def prune(
     sample = build_limit(limit)
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not dry_run and not yes and not interactive:
-        err.print(
-            "[red]error:[/red] refusing to prune without --yes when not on a terminal "
+        error(
+            "refusing to prune without --yes when not on a terminal "
             "(use --dry-run to see what would be removed)"
         )
         raise typer.Exit(int(ExitCode.USAGE))

@@ -37,6 +37,7 @@ from controller.cli.common import (
     build_limit,
     build_selector,
     err,
+    error,
     finish,
     human_size,
     make_fleet,
@@ -132,7 +133,7 @@ def confirm_or_refuse(yes: bool, what: str) -> bool:
     if yes:
         return False
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        err.print(f"[red]error:[/red] refusing to {what} without --yes when not on a terminal")
+        error(f"refusing to {what} without --yes when not on a terminal")
         raise typer.Exit(int(ExitCode.USAGE))
     return True
 
@@ -527,8 +528,8 @@ def stats_table(result: FleetResult[StatsResult]) -> Table:
 
 def _footer_text(result: FleetResult[StatsResult]) -> Text:
     text = Text(f"{len(result.replies)}/{len(result.targeted)} hosts answered ok", "dim")
-    for host, error in sorted(result.errors.items()):
-        text.append(f"\nerror {host}: {error.code}: {error.message}", "red")
+    for host, failure in sorted(result.errors.items()):
+        text.append(f"\nerror {host}: {failure.code}: {failure.message}", "red")
     for host in result.missing:
         text.append(f"\nmissing {host}", "yellow")
     return text

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from controller.cli.common import (
     HostsOpt,
@@ -177,7 +178,11 @@ def audit(
     for column in ("TIME", "HOST", "VERB", "SIGNER", "DECISION", "OUTCOME", "REASON"):
         table.add_column(column, no_wrap=column != "REASON")
     for r in records:
-        decision = "[green]accepted[/green]" if r.decision == "accepted" else "[red]refused[/red]"
+        decision = (
+            Text("accepted", style="green")
+            if r.decision == "accepted"
+            else Text("refused", style="red")
+        )
         outcome = r.outcome or (r.code or "")
         if r.decision == "accepted" and r.code:
             outcome = f"error: {r.code}"

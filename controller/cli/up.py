@@ -34,7 +34,7 @@ async def run_up(
     async with EmbeddedNats(store, host=address, port=port) as server:
         async with Fleet(NatsOptions(servers=server.url), prefix=prefix) as fleet:
             await fleet.init_registry()
-        err.print(f"[green]NATS[/green] with JetStream on {server.url} (store {store})")
+        err.say(("NATS", "green"), f" with JetStream on {server.url} (store {store})")
         agent: Agent | None = None
         if settings is not None:
             signer = KeyStore().ensure_default()
@@ -45,7 +45,7 @@ async def run_up(
             settings = settings.model_copy(
                 update={"trust": trust, "state_dir": settings.state_dir or store / "agent"}
             )
-            err.print(f"[green]key[/green] {signer.name} ({signer.public_key}) trusted as admin")
+            err.say(("key", "green"), f" {signer.name} ({signer.public_key}) trusted as admin")
             agent = Agent(
                 settings.model_copy(update={"servers": (server.url,)}), version=agent_version
             )
@@ -54,11 +54,14 @@ async def run_up(
             except AgentStartError as exc:
                 error(str(exc))
                 raise typer.Exit(1) from None
-            docker = "reachable" if agent.facts().docker.reachable else "[red]unreachable[/red]"
-            err.print(
-                f"[green]agent[/green] {agent.host_id} for the local Docker engine ({docker})"
+            reachable = agent.facts().docker.reachable
+            err.say(
+                ("agent", "green"),
+                f" {agent.host_id} for the local Docker engine (",
+                "reachable" if reachable else ("unreachable", "red"),
+                ")",
             )
-        err.print("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
+        err.say("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
         try:
             await stop.wait()
         finally:

@@ -204,3 +204,18 @@ def test_print_rows_on_a_terminal_shows_styles_and_never_reads_markup(
     written = common.out.file.getvalue()
     assert "\x1b[32mweb\x1b[0m" in written
     assert 'sh -c "echo [/x] [bold]"' in written
+
+
+def test_rich_tables_of_the_cli_never_read_cell_text_as_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.table import Table
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    stream = Stream(stderr=False)
+    stream.file = Tty()
+    table = Table()
+    table.add_column("REASON")
+    table.add_row("bad [/x] tag from a host")
+    stream.print(table)
+    assert "bad [/x] tag from a host" in stream.file.getvalue()
