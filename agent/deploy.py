@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-
 from agent.engine import ContainerState, ImageInfo
+from agent.store import Pending, Revision, ServiceRecord, ServiceStore
 from protocol import (
     PREVIOUS_IMAGE_LABEL,
     SERVICE_LABEL,
@@ -69,76 +65,6 @@ FAST_POLL, FAST_POLL_FOR = 0.05, 5.0
 """Polls are this close during the first seconds of the wait, when most health checks
 first pass: a check landing just after a 0.25 s poll would otherwise add most of a
 poll period to every deploy (about 0.2 s in benchmark 5b)."""
-
-
-class Revision(BaseModel):
-    """One deployed revision of a service, as the state directory keeps it."""
-
-    revision: int
-    spec: ServiceSpec
-    spec_hash: str
-    image_id: str
-    container_id: str
-    deployed_at: datetime
-
-
-class Pending(BaseModel):
-    """A deploy in progress, written before it touches the engine (for crash recovery)."""
-
-    revision: Revision
-    healthy: bool = False
-
-
-class ServiceRecord(BaseModel):
-    current: Revision | None
-    previous: Revision | None = None
-    pending: Pending | None = None
-
-
-class ServiceStore:
-    """Service records as JSON files under ``<state>/services`` (in memory without one)."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root
-        self._memory: dict[str, ServiceRecord] = {}
-
-    def get(self, name: str) -> ServiceRecord | None:
-        if self.root is None:
-            return self._memory.get(name)
-        path = self.root / f"{name}.json"
-        try:
-            return ServiceRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValidationError) as exc:
-            log.error("service record %s unreadable (%s); treating the service as new", path, exc)
-            return None
-
-    def put(self, name: str, record: ServiceRecord) -> None:
-        if self.root is None:
-            self._memory[name] = record
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{name}.json"
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(record.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-
-    def delete(self, name: str) -> None:
-        if self.root is None:
-            self._memory.pop(name, None)
-        else:
-            (self.root / f"{name}.json").unlink(missing_ok=True)
-
-    def names(self) -> list[str]:
-        if self.root is None:
-            return sorted(self._memory)
-        if not self.root.is_dir():
-            return []
-        return sorted(p.stem for p in self.root.glob("*.json"))
 
 
 @dataclass

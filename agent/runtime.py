@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 import nats.errors
@@ -32,21 +32,13 @@ from pydantic import BaseModel, ValidationError
 
 from agent.audit import log_record, redact
 from agent.config import AgentSettings
-from agent.deploy import Deployer, ServiceStore
 from agent.docker import DockerEngine
 from agent.engine import Engine, EngineInfo
-from agent.handlers import (
-    HANDLERS,
-    RequestContext,
-    StreamClosed,
-    ThreadedStream,
-    container_event,
-)
 from agent.health import Health, write_health
 from agent.journal import JournalEntry, RequestJournal
 from agent.metrics import AgentMetrics, MetricsServer, MetricsServerError
-from agent.policy import Policy, PolicyError, check_image, check_service, load_policy
-from agent.prune import KeepRules
+from agent.store import ServiceStore
+from agent.streams import StreamClosed, ThreadedStream, container_event
 from agent.trust import TrustEntry, TrustError, TrustStore
 from protocol import (
     PROTOCOL_VERSION,
@@ -89,6 +81,14 @@ from protocol.envelope import (
     summarize_validation_error,
 )
 from protocol.signing import Forbidden, Unauthorized, verify_document
+
+if TYPE_CHECKING:
+    # Loaded on first use, not by an idle agent: the request handlers, deploys,
+    # prune rules and the policy (see tests/unit/test_agent_imports.py).
+    from agent.deploy import Deployer
+    from agent.handlers import RequestContext
+    from agent.policy import Policy
+    from agent.prune import KeepRules
 
 log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
@@ -174,14 +174,13 @@ class Agent:
             TrustStore(settings.trust) if settings.trust is not None else None
         )
         self.journal = RequestJournal(None)
-        self.deployer = Deployer(self, ServiceStore(None))
-        self.policy = Policy.default()
+        self.services = ServiceStore(None)
+        self._deployer: Deployer | None = None
+        self._policy: Policy | None = None
+        self._keep_rules: KeepRules | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._recovered = False
         self.health_file: Path | None = None
-        self.keep_rules = KeepRules(
-            images=settings.prune_keep_images, containers=settings.prune_keep_containers
-        )
         self.long_timeout = settings.long_timeout
         self.metrics = AgentMetrics(
             version=version,
@@ -192,6 +191,36 @@ class Agent:
         )
         self.metrics_server: MetricsServer | None = None
         self._events_task: asyncio.Task[None] | None = None
+
+    @property
+    def deployer(self) -> Deployer:
+        """Deploys, rollbacks and services of this host (loaded on first use)."""
+        if self._deployer is None:
+            from agent.deploy import Deployer
+
+            self._deployer = Deployer(self, self.services)
+        return self._deployer
+
+    @property
+    def policy(self) -> Policy:
+        """What this host allows: the policy file's, else the default (loaded on first use)."""
+        if self._policy is None:
+            from agent.policy import Policy
+
+            self._policy = Policy.default()
+        return self._policy
+
+    @property
+    def keep_rules(self) -> KeepRules:
+        """What a prune keeps (loaded on first use)."""
+        if self._keep_rules is None:
+            from agent.prune import KeepRules
+
+            self._keep_rules = KeepRules(
+                images=self.settings.prune_keep_images,
+                containers=self.settings.prune_keep_containers,
+            )
+        return self._keep_rules
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -220,8 +249,10 @@ class Agent:
             except TrustError as exc:
                 raise AgentStartError(str(exc)) from exc
         if self.settings.policy is not None:
+            from agent.policy import PolicyError, load_policy
+
             try:
-                self.policy = load_policy(self.settings.policy)
+                self._policy = load_policy(self.settings.policy)
             except PolicyError as exc:
                 raise AgentStartError(str(exc)) from exc
         if self.settings.metrics_port is not None:
@@ -249,7 +280,8 @@ class Agent:
             )
         state_dir = self.settings.resolved_state_dir(self.host_id)
         self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
-        self.deployer = Deployer(self, ServiceStore(state_dir / "services" if state_dir else None))
+        self.services = ServiceStore(state_dir / "services" if state_dir else None)
+        self._deployer = None  # deploys with the store in the state directory from now on
         self.health_file = self.settings.health_file or (
             state_dir / "health.json" if state_dir else None
         )
@@ -625,6 +657,9 @@ class Agent:
         if not self._docker.reachable:
             self._recovered = False
             return
+        if not self.services.names():
+            self._recovered = True  # nothing to converge: the deploy machinery stays unloaded
+            return
         try:
             await self.deployer.recover()
             self._recovered = True
@@ -639,9 +674,13 @@ class Agent:
 
     def check_policy(self, spec: ServiceSpec) -> None:
         """Refuse (policy_denied) a service this host's policy does not allow."""
+        from agent.policy import check_service
+
         check_service(self.policy, spec)
 
     def check_image_policy(self, image: str) -> None:
+        from agent.policy import check_image
+
         check_image(self.policy, image)
 
     def reload_trust(self) -> None:
@@ -707,6 +746,8 @@ class Agent:
         await self._send(msg.reply, reply)
 
     async def _serve(self, msg: Msg) -> None:
+        from agent.handlers import HANDLERS, RequestContext  # loaded by the first request
+
         started_at = utcnow()
         t0 = time.monotonic()
         admission: Admission | None = None

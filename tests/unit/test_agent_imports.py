@@ -75,3 +75,48 @@ def test_without_pyyaml_deploy_from_a_compose_file_says_what_to_install(tmp_path
     assert "needs PyYAML" in result.stderr
     assert "shoal[yaml]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# What a request, a deploy, a prune or a policy file needs, and an idle agent does not.
+ON_FIRST_USE = ("agent.deploy", "agent.handlers", "agent.policy", "agent.prune")
+
+IDLE_START = """
+import asyncio
+from agent.cli import main
+from agent import Agent, AgentSettings
+from agent.runtime import AgentStopped
+from tests.fakes import FakeEngine
+
+settings = AgentSettings.from_options(
+    {{"servers": "nats://127.0.0.1:1", "insecure": True, "host_id": "idle",
+     "state_dir": {state_dir!r}}}
+)
+
+async def start() -> Agent:
+    # The whole start up to the NATS connection (trust, engine probe, service
+    # recovery, journal), which retries until asked to stop.
+    agent = Agent(settings, engine=FakeEngine())
+    asyncio.get_running_loop().call_later(1.0, agent.request_stop)
+    try:
+        await agent.start()
+    except AgentStopped:
+        pass
+    await agent.stop()
+    return agent
+
+agent = asyncio.run(start())
+lazy = {lazy!r}
+print("probed", agent._docker.reachable, "recovered", agent._recovered)
+print("idle", sorted(m for m in lazy if m in sys.modules))
+agent.policy, agent.keep_rules, agent.deployer
+import agent.handlers
+print("used", sorted(m for m in lazy if m in sys.modules))
+"""
+
+
+def test_an_idle_agent_loads_no_request_deploy_prune_or_policy_code(tmp_path: Path) -> None:
+    out = run(IDLE_START.format(state_dir=str(tmp_path), lazy=ON_FIRST_USE), blocked=())
+    lines = out.splitlines()
+    assert lines[0] == "probed True recovered True"
+    assert lines[1] == "idle []"
+    assert lines[2] == f"used {sorted(ON_FIRST_USE)}"
