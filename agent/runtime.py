@@ -391,6 +391,7 @@ class Agent:
             except (nats.errors.Error, OSError, RuntimeError, TimeoutError) as exc:
                 # NATS may be down while we stop: pending data is lost, the exit stays clean.
                 log.warning("closing the NATS connection: %s", exc or type(exc).__name__)
+        self.journal.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
         if self.metrics_server is not None:

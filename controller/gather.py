@@ -367,10 +367,16 @@ class RequestEncoder:
     """Wire bytes of one request for many targets, serialising the common part once.
 
     The wire form is the canonical form (keys sorted, compact) with ``sig`` added at
-    the end, so the signed bytes are a prefix of what is sent.
+    the end, so the signed bytes are a prefix of what is sent. Per target, only the
+    target is serialised and, when signing, the signature computed: the ``sig``
+    member around its value is the same for every target.
     """
 
     _MARK = "\x00target\x00"
+    # The canonical form's encoder (protocol.signing.canonical_bytes), made once.
+    _dumps = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode
 
     def __init__(self, template: dict[str, Any], signer: Signer | None) -> None:
         self.signer = signer
@@ -378,14 +384,17 @@ class RequestEncoder:
         # rpartition: only ttl, v and verb sort after "target", and they hold no free text.
         head, _, tail = canonical.rpartition(json.dumps(self._MARK))
         self._head, self._tail = head.encode(), tail.encode()
+        self._sig_head = self._sig_tail = b""
+        if signer is not None:
+            # ',"sig":{"alg":…,"key":…,"value":"' + value + '"}}', as json.dumps writes
+            # the signature member; the value is base64url and needs no escaping.
+            member = json.dumps(signer.signature(b""), separators=(",", ":"))
+            head, _, _ = member.rpartition('"value":')
+            self._sig_head = b',"sig":' + head.encode() + b'"value":"'
+            self._sig_tail = b'"}}'
 
     def encode(self, target: dict[str, Any]) -> bytes:
-        body = (
-            self._head
-            + json.dumps(target, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-            + self._tail
-        )
+        body = self._head + self._dumps(target).encode() + self._tail
         if self.signer is None:
             return body
-        sig = json.dumps(self.signer.signature(body), separators=(",", ":")).encode()
-        return body[:-1] + b',"sig":' + sig + b"}"
+        return body[:-1] + self._sig_head + self.signer.sign(body).encode() + self._sig_tail

@@ -111,9 +111,11 @@ class Signer:
 
     def signature(self, canonical: bytes) -> dict[str, str]:
         """The ``sig`` member for a request whose canonical bytes are given."""
-        raw = self._pair.sign(canonical)
-        value = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-        return {"alg": SIGNATURE_ALGORITHM, "key": self.public_key, "value": value}
+        return {"alg": SIGNATURE_ALGORITHM, "key": self.public_key, "value": self.sign(canonical)}
+
+    def sign(self, canonical: bytes) -> str:
+        """The signature ``value`` over ``canonical``: base64url, no padding."""
+        return base64.urlsafe_b64encode(self._pair.sign(canonical)).rstrip(b"=").decode()
 
     def sign_document(self, document: dict[str, Any]) -> dict[str, Any]:
         """Return ``document`` with a ``sig`` over its canonical bytes."""

@@ -166,3 +166,38 @@ def test_a_key_pair_signs_as_its_backend_does(backend: nkey.Ed25519) -> None:
     for message in (b"", b"one", b"x" * 1000):
         assert pair.sign(message) == backend.signing_key(raw).sign(message)
         assert pair.sign(message) == reference.sign(message)
+
+
+@given(
+    host=st.text(min_size=1, max_size=40),
+    message=st.text(max_size=40),
+    signed=st.booleans(),
+)
+def test_a_request_encoded_per_host_is_its_canonical_form_with_the_signature(
+    host: str, message: str, signed: bool
+) -> None:
+    from controller.gather import RequestEncoder
+    from protocol import Request, Target
+
+    signer = SIGNER if signed else None
+    template = Request(
+        verb="ps", args={"all": True, "note": message}, target=Target(host="x")
+    ).model_dump(mode="json", exclude={"sig"})
+    wire = RequestEncoder(template, signer).encode({"host": host})
+    document = json.loads(wire)
+    assert document["target"] == {"host": host}
+    assert {k: v for k, v in document.items() if k not in ("sig", "target")} == {
+        k: v for k, v in template.items() if k != "target"
+    }
+    unsigned = {k: v for k, v in document.items() if k != "sig"}
+    if signer is None:
+        assert "sig" not in document
+        assert wire == canonical_bytes(unsigned)
+    else:
+        # The signed bytes are a prefix of the wire form, and the agent's check accepts it.
+        assert wire.startswith(canonical_bytes(unsigned)[:-1] + b',"sig":{')
+        assert document["sig"] == signer.signature(canonical_bytes(unsigned))
+        assert verify_document(document) == signer.public_key
+
+
+SIGNER = Signer.generate()
