@@ -22,13 +22,30 @@ app = typer.Typer(add_completion=False, context_settings={"help_option_names": [
 log = logging.getLogger("shoal.agent")
 
 
-def install_event_loop_policy() -> None:
-    """Use uvloop when it is installed (an optional extra)."""
+class EventLoopUnavailable(Exception):
+    """The event loop asked for is not installed."""
+
+
+def install_event_loop_policy(choice: str = "auto") -> str:
+    """Set the event loop the agent runs on and return its name.
+
+    ``auto`` takes uvloop when it is installed (the ``uvloop`` extra) and asyncio's own
+    loop otherwise; ``asyncio`` never loads uvloop (about 2 MiB less resident memory,
+    for small boards); ``uvloop`` insists on it.
+    """
+    if choice == "asyncio":
+        return "asyncio"
     try:
         import uvloop
     except ImportError:
-        return
+        if choice == "uvloop":
+            raise EventLoopUnavailable(
+                "uvloop is not installed: install the agent with the 'uvloop' extra, "
+                "or use --event-loop auto"
+            ) from None
+        return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
 
 
 async def run_agent(agent: Agent) -> None:
@@ -149,6 +166,15 @@ def main_command(
             help="Policy file (TOML): images, privileges and mounts this host allows.",
         ),
     ] = None,
+    event_loop: Annotated[
+        str | None,
+        typer.Option(
+            "--event-loop",
+            envvar="SHOAL_EVENT_LOOP",
+            help="auto (uvloop when installed), uvloop, or asyncio (its own loop, about 2 MiB "
+            "less memory). \\[default: auto]",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -223,6 +249,7 @@ def main_command(
         "health_file": health_file,
         "metrics_port": metrics_port,
         "metrics_address": metrics_address,
+        "event_loop": event_loop,
     }
     try:
         settings = AgentSettings.from_options(options)
@@ -230,7 +257,11 @@ def main_command(
         message = summarize_validation_error(exc) if isinstance(exc, ValidationError) else exc
         typer.echo(f"shoal-agent: invalid configuration: {message}", err=True)
         raise typer.Exit(2) from None
-    install_event_loop_policy()
+    try:
+        install_event_loop_policy(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        typer.echo(f"shoal-agent: invalid configuration: --event-loop uvloop: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         asyncio.run(run_agent(Agent(settings, version=__version__)))
     except AgentStopped as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -137,6 +137,12 @@ class AgentSettings(BaseSettings):
         description="Health file for --check-health (default: in the state directory).",
     )
 
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        validation_alias=AliasChoices("SHOAL_EVENT_LOOP"),
+        description="Event loop: uvloop when installed (auto), uvloop, or asyncio's own.",
+    )
+
     metrics_port: int | None = Field(
         default=None,
         ge=0,
@@ -168,6 +174,11 @@ class AgentSettings(BaseSettings):
             return ()
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(item.strip() for item in items if item.strip())
+
+    @field_validator("event_loop", mode="before")
+    @classmethod
+    def _lower_event_loop(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("servers", mode="before")
     @classmethod

@@ -268,10 +268,13 @@ class Agent:
         if not self.host_id:
             self.host_id = self._default_host_id()
         log.info(
-            "agent %s starting (instance %s, ed25519 by %s)",
+            "agent %s starting (instance %s, ed25519 by %s, event loop %s)",
             self.host_id,
             self.instance,
             nkey.backend.name,
+            "uvloop"
+            if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            else "asyncio",
         )
         if self.trust is None:
             log.warning(

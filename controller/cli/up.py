@@ -125,7 +125,13 @@ def up(
             )
         except ValueError as exc:
             usage_error(str(exc))
-    from agent.cli import install_event_loop_policy  # the agent's modules load only here
+    from agent.cli import (  # the agent's modules load only here
+        EventLoopUnavailable,
+        install_event_loop_policy,
+    )
 
-    install_event_loop_policy()
+    try:
+        install_event_loop_policy(settings.event_loop if settings is not None else "auto")
+    except EventLoopUnavailable as exc:
+        usage_error(f"SHOAL_EVENT_LOOP=uvloop: {exc}")
     run(run_up(store or state_dir() / "nats", address, port, settings, g.prefix))

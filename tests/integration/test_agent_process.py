@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.integration.agents import AgentProcess, poll, run_shoal
 from tests.stack import NatsServer, free_port
 
@@ -97,8 +99,25 @@ def test_sigterm_while_nats_is_unreachable_exits_0_promptly(stack_dir: Path) -> 
 
 
 @pytest.mark.parametrize(
+    ("extra", "loop"), [([], "uvloop"), (["--event-loop", "asyncio"], "asyncio")]
+)
+def test_the_agent_runs_on_the_event_loop_chosen(
+    nats_server: NatsServer, stack_dir: Path, extra: list[str], loop: str
+) -> None:
+    """``auto`` takes uvloop (the CI venv has the extra); ``asyncio`` keeps asyncio's own."""
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        unavailable("uvloop is not installed (the 'uvloop' extra)")
+    process = agent(stack_dir / "edge", nats_server.url, *extra)
+    process.start(wait=False)
+    poll("the agent to start", lambda: " starting (" in process.log())
+    assert f"event loop {loop})" in process.log()
+    assert process.stop() == 0, process.log()
+
+
+@pytest.mark.parametrize(
     "extra",
     [
+        ["--event-loop", "trio"],
         ["--server", "http://nats:4222"],
         ["--password", "x"],
         ["--tlscert", "/nonexistent.pem"],

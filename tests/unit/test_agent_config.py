@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from agent.cli import EventLoopUnavailable, install_event_loop_policy
+from agent.cli import app as agent_app
 from agent.config import AgentSettings, parse_labels
 from protocol import RESERVED_LABELS
+from tests.conftest import unavailable
 
 AGENT_ENV = (
     "NATS_URL",
@@ -241,3 +248,56 @@ def test_bad_nats_settings_are_refused_with_the_settings(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         AgentSettings.from_options(options)
+
+
+# --- the event loop ------------------------------------------------------------
+
+
+@pytest.fixture
+def default_loop_policy() -> Iterator[None]:
+    """Whatever a test installs, the next one starts on asyncio's own policy."""
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
+def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AgentSettings().event_loop == "auto"
+    monkeypatch.setenv("SHOAL_EVENT_LOOP", " AsyncIO ")
+    assert AgentSettings().event_loop == "asyncio"
+    assert AgentSettings.from_options({"event_loop": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(ValidationError, match="event_loop"):
+        AgentSettings.from_options({"event_loop": "trio"})
+
+
+def test_asyncio_loop_never_loads_uvloop(
+    monkeypatch: pytest.MonkeyPatch, default_loop_policy: None
+) -> None:
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+    assert install_event_loop_policy("asyncio") == "asyncio"
+    assert "uvloop" not in sys.modules
+    assert type(asyncio.get_event_loop_policy()) is asyncio.DefaultEventLoopPolicy
+
+
+def test_auto_takes_uvloop_when_installed(default_loop_policy: None) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        unavailable("uvloop is not installed (the 'uvloop' extra)")
+    assert install_event_loop_policy("auto") == "uvloop"
+    assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
+    monkeypatch: pytest.MonkeyPatch, default_loop_policy: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: import fails
+    assert install_event_loop_policy("auto") == "asyncio"
+    assert type(asyncio.get_event_loop_policy()) is asyncio.DefaultEventLoopPolicy
+    with pytest.raises(EventLoopUnavailable, match="uvloop is not installed"):
+        install_event_loop_policy("uvloop")
+    result = CliRunner().invoke(agent_app, ["--event-loop", "uvloop", "--insecure"])
+    assert result.exit_code == 2
+    assert "uvloop is not installed" in result.output
+    result = CliRunner().invoke(agent_app, ["--event-loop", "trio"])
+    assert result.exit_code == 2
+    assert "event_loop" in result.output
