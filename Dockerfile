@@ -67,6 +67,7 @@ COPY pyproject.toml README.md ./
 COPY protocol/ protocol/
 COPY agent/ agent/
 COPY controller/ controller/
+COPY shoal/ shoal/
 
 RUN set -eux; \
     python3 -m venv /opt/shoal; \

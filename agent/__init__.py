@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent.config import AgentSettings
-from agent.engine import Engine, EngineInfo
+from .config import AgentSettings
+from .engine import Engine, EngineInfo
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent, AgentStartError
+    from .runtime import Agent, AgentStartError
 
 __all__ = ["Agent", "AgentSettings", "AgentStartError", "Engine", "EngineInfo"]
 __version__ = "0.1.0"
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in ("Agent", "AgentStartError"):
-        from agent import runtime
+        from . import runtime
 
         return getattr(runtime, name)
     raise AttributeError(f"module 'agent' has no attribute {name!r}")

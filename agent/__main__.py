@@ -1,3 +1,3 @@
-from agent.cli import main
+from .cli import main
 
 main()

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from protocol import AuditRecord
+from shoal.protocol import AuditRecord
 
 audit_log = logging.getLogger("shoal.audit")
 

@@ -12,11 +12,12 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from agent import __version__
-from agent.config import AgentSettings
-from agent.health import check_health
-from agent.runtime import Agent, AgentConfigError, AgentStartError, AgentStopped
-from protocol.envelope import summarize_validation_error
+from shoal.protocol.envelope import summarize_validation_error
+
+from . import __version__
+from .config import AgentSettings
+from .health import check_health
+from .runtime import Agent, AgentConfigError, AgentStartError, AgentStopped
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
 log = logging.getLogger("shoal.agent")

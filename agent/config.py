@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from protocol import RESERVED_LABELS, NatsOptions, Subjects, validate_host_id
-from protocol.connection import DEFAULT_NATS_URL, split_servers
-from protocol.selectors import is_label_key, is_label_value
-from protocol.subjects import DEFAULT_PREFIX
+from shoal.protocol import RESERVED_LABELS, NatsOptions, Subjects, validate_host_id
+from shoal.protocol.connection import DEFAULT_NATS_URL, split_servers
+from shoal.protocol.selectors import is_label_key, is_label_value
+from shoal.protocol.subjects import DEFAULT_PREFIX
 
 
 def parse_labels(value: Any) -> dict[str, str]:

@@ -22,9 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.engine import ContainerState, ImageInfo
-from agent.store import Pending, Revision, ServiceRecord, ServiceStore
-from protocol import (
+from shoal.protocol import (
     PREVIOUS_IMAGE_LABEL,
     SERVICE_LABEL,
     BadRequest,
@@ -50,11 +48,14 @@ from protocol import (
     spec_diff,
     utcnow,
 )
-from protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
+from shoal.protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
+
+from .engine import ContainerState, ImageInfo
+from .store import Pending, Revision, ServiceRecord, ServiceStore
 
 if TYPE_CHECKING:
-    from agent.handlers import RequestContext
-    from agent.runtime import Agent
+    from .handlers import RequestContext
+    from .runtime import Agent
 
 log = logging.getLogger("shoal.agent")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from protocol import (
+from shoal.protocol import (
     ContainerEventInfo,
     ContainerSummary,
     ImageSummary,

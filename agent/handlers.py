@@ -15,11 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from agent.deploy import _current_container
-from agent.engine import ContainerState
-from agent.prune import PrunePlan, Removal, disk_usage, plan_prune
-from agent.streams import StreamClosed, ThreadedStream, container_event
-from protocol import (
+from shoal.protocol import (
     LOG_KEEPALIVE_PHASE,
     LOG_PHASE,
     SERVICE_LABEL,
@@ -68,10 +64,15 @@ from protocol import (
     encode_log_lines,
     utcnow,
 )
-from protocol.service import SERVICE_NAME_PATTERN
+from shoal.protocol.service import SERVICE_NAME_PATTERN
+
+from .deploy import _current_container
+from .engine import ContainerState
+from .prune import PrunePlan, Removal, disk_usage, plan_prune
+from .streams import StreamClosed, ThreadedStream, container_event
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from .runtime import Agent
 
 log = logging.getLogger("shoal.agent")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
-from protocol import utcnow
+from shoal.protocol import utcnow
 
 
 class Health(BaseModel):

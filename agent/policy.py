@@ -49,9 +49,9 @@ from pydantic import (
     field_validator,
 )
 
-from protocol.envelope import summarize_validation_error
-from protocol.errors import ErrorCode, ShoalError
-from protocol.service import ServiceSpec
+from shoal.protocol.envelope import summarize_validation_error
+from shoal.protocol.errors import ErrorCode, ShoalError
+from shoal.protocol.service import ServiceSpec
 
 MAX_PATTERNS = 256
 MAX_PATTERN_LENGTH = 1024

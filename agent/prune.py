@@ -21,8 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agent.engine import ContainerRecord, DiskSnapshot, ImageRecord
-from protocol import (
+from shoal.protocol import (
     KEEP_LABEL,
     PREVIOUS_IMAGE_LABEL,
     SERVICE_LABEL,
@@ -33,6 +32,8 @@ from protocol import (
     PruneArgs,
     PruneKind,
 )
+
+from .engine import ContainerRecord, DiskSnapshot, ImageRecord
 
 REMOVABLE_STATES = frozenset({"exited", "created", "dead"})
 

@@ -30,17 +30,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
-from agent.audit import log_record, redact
-from agent.config import AgentSettings
-from agent.docker import DockerEngine
-from agent.engine import Engine, EngineInfo
-from agent.health import Health, write_health
-from agent.journal import JournalEntry, RequestJournal
-from agent.metrics import AgentMetrics, MetricsServer, MetricsServerError
-from agent.store import ServiceStore
-from agent.streams import StreamClosed, ThreadedStream, container_event
-from agent.trust import TrustEntry, TrustError, TrustStore
-from protocol import (
+from shoal.protocol import (
     PROTOCOL_VERSION,
     VERBS,
     AgentEvent,
@@ -73,22 +63,33 @@ from protocol import (
     sanitize_host_id,
     utcnow,
 )
-from protocol.chunks import MAX_REPLY_BYTES, split_reply
-from protocol.connection import describe_tls_error, flush_in_order, is_auth_error
-from protocol.envelope import (
+from shoal.protocol.chunks import MAX_REPLY_BYTES, split_reply
+from shoal.protocol.connection import describe_tls_error, flush_in_order, is_auth_error
+from shoal.protocol.envelope import (
     UNKNOWN_REQUEST_ID,
     decode_request_document,
     summarize_validation_error,
 )
-from protocol.signing import Forbidden, Unauthorized, verify_document
+from shoal.protocol.signing import Forbidden, Unauthorized, verify_document
+
+from .audit import log_record, redact
+from .config import AgentSettings
+from .docker import DockerEngine
+from .engine import Engine, EngineInfo
+from .health import Health, write_health
+from .journal import JournalEntry, RequestJournal
+from .metrics import AgentMetrics, MetricsServer, MetricsServerError
+from .store import ServiceStore
+from .streams import StreamClosed, ThreadedStream, container_event
+from .trust import TrustEntry, TrustError, TrustStore
 
 if TYPE_CHECKING:
     # Loaded on first use, not by an idle agent: the request handlers, deploys,
     # prune rules and the policy (see tests/unit/test_agent_imports.py).
-    from agent.deploy import Deployer
-    from agent.handlers import RequestContext
-    from agent.policy import Policy
-    from agent.prune import KeepRules
+    from .deploy import Deployer
+    from .handlers import RequestContext
+    from .policy import Policy
+    from .prune import KeepRules
 
 log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
@@ -196,7 +197,7 @@ class Agent:
     def deployer(self) -> Deployer:
         """Deploys, rollbacks and services of this host (loaded on first use)."""
         if self._deployer is None:
-            from agent.deploy import Deployer
+            from .deploy import Deployer
 
             self._deployer = Deployer(self, self.services)
         return self._deployer
@@ -205,7 +206,7 @@ class Agent:
     def policy(self) -> Policy:
         """What this host allows: the policy file's, else the default (loaded on first use)."""
         if self._policy is None:
-            from agent.policy import Policy
+            from .policy import Policy
 
             self._policy = Policy.default()
         return self._policy
@@ -214,7 +215,7 @@ class Agent:
     def keep_rules(self) -> KeepRules:
         """What a prune keeps (loaded on first use)."""
         if self._keep_rules is None:
-            from agent.prune import KeepRules
+            from .prune import KeepRules
 
             self._keep_rules = KeepRules(
                 images=self.settings.prune_keep_images,
@@ -249,7 +250,7 @@ class Agent:
             except TrustError as exc:
                 raise AgentStartError(str(exc)) from exc
         if self.settings.policy is not None:
-            from agent.policy import PolicyError, load_policy
+            from .policy import PolicyError, load_policy
 
             try:
                 self._policy = load_policy(self.settings.policy)
@@ -678,12 +679,12 @@ class Agent:
 
     def check_policy(self, spec: ServiceSpec) -> None:
         """Refuse (policy_denied) a service this host's policy does not allow."""
-        from agent.policy import check_service
+        from .policy import check_service
 
         check_service(self.policy, spec)
 
     def check_image_policy(self, image: str) -> None:
-        from agent.policy import check_image
+        from .policy import check_image
 
         check_image(self.policy, image)
 
@@ -750,7 +751,7 @@ class Agent:
         await self._send(msg.reply, reply)
 
     async def _serve(self, msg: Msg) -> None:
-        from agent.handlers import HANDLERS, RequestContext  # loaded by the first request
+        from .handlers import HANDLERS, RequestContext  # loaded by the first request
 
         started_at = utcnow()
         t0 = time.monotonic()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from protocol import ServiceSpec
+from shoal.protocol import ServiceSpec
 
 log = logging.getLogger("shoal.agent")
 

@@ -14,11 +14,12 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from agent.engine import ContainerEventRecord, Stream
-from protocol import AgentEvent, EventKind, ShoalError
+from shoal.protocol import AgentEvent, EventKind, ShoalError
+
+from .engine import ContainerEventRecord, Stream
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from .runtime import Agent
 
 log = logging.getLogger("shoal.agent")
 T = TypeVar("T")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from protocol import Role
-from protocol.envelope import summarize_validation_error
-from protocol.signing import validate_public_key
+from shoal.protocol import Role
+from shoal.protocol.envelope import summarize_validation_error
+from shoal.protocol.signing import validate_public_key
 
 log = logging.getLogger("shoal.agent")
 

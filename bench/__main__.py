@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def preflight() -> str | None:
     """Why the suite cannot run (the commands it measures do not start), or None."""
     checks = [
-        [sys.executable, "-c", "import controller.cli, agent.cli, bench.fleetsim"],
+        [sys.executable, "-c", "import shoal.controller.cli, shoal.agent.cli, bench.fleetsim"],
         [tool("shoal"), "--help"],
         [tool("shoal-agent"), "--help"],
     ]

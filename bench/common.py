@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol import Signer
+from shoal.protocol import Signer
 
 BIN = Path(sys.executable).parent
 """The venv's bin directory: ``shoal``, ``shoal-agent`` and ``nats-server`` live there."""

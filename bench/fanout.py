@@ -37,8 +37,8 @@ from bench.common import (
     thread_count,
     tool,
 )
-from controller.fleet import Fleet
-from protocol import NatsOptions
+from shoal.controller.fleet import Fleet
+from shoal.protocol import NatsOptions
 from tests.stack import NatsServer, remove_tree, short_tempdir
 
 T = TypeVar("T")

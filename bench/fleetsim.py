@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentSettings
-from agent.runtime import Agent
 from bench.common import raise_fd_limit
 from bench.simengine import SimEngine
+from shoal.agent.config import AgentSettings
+from shoal.agent.runtime import Agent
 
 log = logging.getLogger("bench.fleetsim")
 

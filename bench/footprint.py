@@ -55,10 +55,10 @@ def compile_packages() -> None:
     otherwise be compiled from source at every agent start: about 0.3 MiB more and
     0.1 s slower to ready when none is compiled, none of which an installed agent pays.
     """
-    import agent
-    import protocol
+    import shoal.agent
+    import shoal.protocol
 
-    for package in (agent, protocol):
+    for package in (shoal.agent, shoal.protocol):
         for path in package.__path__:
             compileall.compile_dir(path, quiet=1)
 

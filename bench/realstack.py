@@ -18,8 +18,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bench.common import BenchKey, log, tool
-from controller.fleet import Fleet
-from protocol import NatsOptions, Subjects
+from shoal.controller.fleet import Fleet
+from shoal.protocol import NatsOptions, Subjects
 from tests.stack import (
     BUSYBOX_IMAGE,
     DockerEngine,

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from bench.common import raise_fd_limit
 from bench.fleetsim import emit
 from bench.simengine import SIM_VERSION, canned_containers
-from protocol import (
+from shoal.protocol import (
     PROTOCOL_VERSION,
     AgentFacts,
     DockerFacts,

@@ -35,20 +35,20 @@ from typing import TYPE_CHECKING
 
 from bench.common import Table, child_env, fmt, log, median, run_timed, spread, tool
 from bench.realstack import AgentProcess, ReadyWatcher, RealStack, wait_online
-from controller.rollout import (
+from shoal.controller.rollout import (
     HostFinished,
     HostProgress,
     RolloutFinished,
     RolloutReport,
     RolloutStarted,
 )
-from protocol import HealthSpec, RolloutConfig, ServiceSpec
+from shoal.protocol import HealthSpec, RolloutConfig, ServiceSpec
 from tests.stack import BUSYBOX_IMAGE, Registry, in_parallel, registry_available
 
 if TYPE_CHECKING:
     import docker
 
-    from controller.fleet import Fleet
+    from shoal.controller.fleet import Fleet
     from tests.stack import DockerEngine
 
 PREFIX = "benchroll"

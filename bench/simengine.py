@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from agent.engine import ContainerState, DiskSnapshot, EngineInfo
-from protocol import ContainerSummary, DockerError, PsArgs
+from shoal.agent.engine import ContainerState, DiskSnapshot, EngineInfo
+from shoal.protocol import ContainerSummary, DockerError, PsArgs
 
 SIM_VERSION = "sim-0.0"
 CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

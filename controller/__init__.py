@@ -2,21 +2,21 @@
 
 from typing import TYPE_CHECKING, Any
 
-from controller.errors import (
+from .errors import (
     ConnectError,
     FleetError,
     InvalidLimit,
     NotConnected,
     RegistryUnavailable,
 )
-from controller.fleet import Fleet
-from controller.locks import LockHeld, LockLost, ServiceLock
-from controller.registry import AgentRecord
-from controller.result import ExitCode, FleetResult
-from controller.targeting import Limit, Targets, resolve_targets
+from .fleet import Fleet
+from .locks import LockHeld, LockLost, ServiceLock
+from .registry import AgentRecord
+from .result import ExitCode, FleetResult
+from .targeting import Limit, Targets, resolve_targets
 
 if TYPE_CHECKING:
-    from controller.rollout import (
+    from .rollout import (
         HostFinished,
         HostProgress,
         InvalidParallelism,
@@ -56,7 +56,7 @@ _ROLLOUT = frozenset(
 def __getattr__(name: str) -> Any:
     if name not in _ROLLOUT:
         raise AttributeError(f"module 'controller' has no attribute {name!r}")
-    from controller import rollout
+    from . import rollout
 
     value = getattr(rollout, name)
     globals()[name] = value

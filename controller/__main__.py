@@ -1,3 +1,3 @@
-from controller.cli import main
+from .cli import main
 
 main()

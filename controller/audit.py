@@ -18,9 +18,10 @@ from nats.js.api import (
 )
 from pydantic import ValidationError
 
-from controller.registry import registry_stream_name
-from controller.transport import jetstream_errors
-from protocol import AuditRecord, Selector, Subjects
+from shoal.protocol import AuditRecord, Selector, Subjects
+
+from .registry import registry_stream_name
+from .transport import jetstream_errors
 
 log = logging.getLogger("shoal.controller")
 

@@ -29,9 +29,8 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
-from controller.errors import FleetError
-from protocol.errors import ErrorCode
-from protocol.service import (
+from shoal.protocol.errors import ErrorCode
+from shoal.protocol.service import (
     SERVICE_NAME_PATTERN,
     FailureAction,
     HealthSpec,
@@ -41,6 +40,8 @@ from protocol.service import (
     ServiceSpec,
     VolumeSpec,
 )
+
+from .errors import FleetError
 
 __all__ = ["ComposeError", "ComposeProject", "load_compose"]
 

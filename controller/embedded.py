@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from controller.errors import FleetError
+from .errors import FleetError
 
 log = logging.getLogger("shoal.controller")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol import ShoalError
+from shoal.protocol import ShoalError
 
 
 class FleetError(ShoalError):

@@ -21,23 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
-from controller.audit import AuditStream
-from controller.errors import NotConnected, RegistryUnavailable
-from controller.gather import (
-    Gathered,
-    ProgressCallback,
-    ReplyCallback,
-    encode_request,
-    gather_replies,
-    invalid_result_message,
-    relaxed_gc,
-)
-from controller.locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
-from controller.registry import AgentRecord, Registry, is_online, is_transient, with_recovery
-from controller.result import FleetResult
-from controller.targeting import Limit, Targets, resolve_targets
-from controller.transport import connect, nats_errors
-from protocol import (
+from shoal.protocol import (
     LOG_PHASE,
     MAX_FOLLOW_SECONDS,
     VERBS,
@@ -93,10 +77,27 @@ from protocol import (
     new_request_id,
     utcnow,
 )
-from protocol.connection import flush_in_order
+from shoal.protocol.connection import flush_in_order
+
+from .audit import AuditStream
+from .errors import NotConnected, RegistryUnavailable
+from .gather import (
+    Gathered,
+    ProgressCallback,
+    ReplyCallback,
+    encode_request,
+    gather_replies,
+    invalid_result_message,
+    relaxed_gc,
+)
+from .locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
+from .registry import AgentRecord, Registry, is_online, is_transient, with_recovery
+from .result import FleetResult
+from .targeting import Limit, Targets, resolve_targets
+from .transport import connect, nats_errors
 
 if TYPE_CHECKING:
-    from controller.rollout import RolloutEvent
+    from .rollout import RolloutEvent
 
 log = logging.getLogger("shoal.controller")
 R = TypeVar("R", bound=BaseModel)
@@ -489,7 +490,7 @@ class Fleet:
         inside ``async with contextlib.aclosing(fleet.deploy(...)) as events``) sends
         nothing more, waits for the wave already sent, and releases the lock.
         """
-        from controller.rollout import deploy_rollout  # loaded by the first rollout
+        from .rollout import deploy_rollout  # loaded by the first rollout
 
         return deploy_rollout(
             self,
@@ -521,7 +522,7 @@ class Fleet:
         pauses (a rollback is not rolled back). A host without a previous revision
         fails with ``not_found``.
         """
-        from controller.rollout import rollback_rollout
+        from .rollout import rollback_rollout
 
         return rollback_rollout(
             self,

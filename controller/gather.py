@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
-from protocol import (
+from shoal.protocol import (
     Progress,
     Reply,
     Request,
@@ -33,8 +33,8 @@ from protocol import (
     Target,
     new_request_id,
 )
-from protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
-from protocol.signing import canonical_bytes
+from shoal.protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
+from shoal.protocol.signing import canonical_bytes
 
 log = logging.getLogger("shoal.controller")
 

@@ -13,8 +13,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.errors import FleetError
-from protocol import Signer
+from shoal.protocol import Signer
+
+from .errors import FleetError
 
 log = logging.getLogger("shoal.controller")
 

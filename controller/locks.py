@@ -21,9 +21,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from controller.errors import FleetError, RegistryUnavailable
-from controller.transport import jetstream_errors
-from protocol import Subjects, utcnow
+from shoal.protocol import Subjects, utcnow
+
+from .errors import FleetError, RegistryUnavailable
+from .transport import jetstream_errors
 
 log = logging.getLogger("shoal.controller")
 

@@ -32,9 +32,10 @@ from nats.js.api import (
 )
 from pydantic import ValidationError
 
-from controller.errors import RegistryUnavailable
-from controller.transport import jetstream_errors
-from protocol import AgentFacts, Subjects, utcnow
+from shoal.protocol import AgentFacts, Subjects, utcnow
+
+from .errors import RegistryUnavailable
+from .transport import jetstream_errors
 
 log = logging.getLogger("shoal.controller")
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from protocol import ErrorInfo, StatusResult
+from shoal.protocol import ErrorInfo, StatusResult
 
 R = TypeVar("R", bound=BaseModel)
 

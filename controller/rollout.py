@@ -43,11 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from controller.errors import FleetError
-from controller.locks import LockLost, ServiceLock
-from controller.result import ExitCode, FleetResult
-from controller.targeting import Limit
-from protocol import (
+from shoal.protocol import (
     DeployAction,
     DeployArgs,
     DeployResult,
@@ -64,8 +60,13 @@ from protocol import (
     Verb,
 )
 
+from .errors import FleetError
+from .locks import LockLost, ServiceLock
+from .result import ExitCode, FleetResult
+from .targeting import Limit
+
 if TYPE_CHECKING:
-    from controller.fleet import Fleet
+    from .fleet import Fleet
 
 log = logging.getLogger("shoal.controller")
 

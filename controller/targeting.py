@@ -7,9 +7,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from controller.errors import InvalidLimit
-from controller.registry import AgentRecord
-from protocol import Selector
+from shoal.protocol import Selector
+
+from .errors import InvalidLimit
+from .registry import AgentRecord
 
 _LIMIT_RE = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 

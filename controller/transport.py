@@ -13,9 +13,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from controller.errors import ConnectError, RegistryUnavailable
-from protocol import NatsOptions
-from protocol.connection import describe_tls_error, is_auth_error
+from shoal.protocol import NatsOptions
+from shoal.protocol.connection import describe_tls_error, is_auth_error
+
+from .errors import ConnectError, RegistryUnavailable
 
 log = logging.getLogger("shoal.controller")
 

@@ -22,7 +22,7 @@ import sys
 from contextlib import aclosing
 from pathlib import Path
 
-from controller import (
+from shoal.controller import (
     Fleet,
     HostFinished,
     HostProgress,
@@ -31,8 +31,8 @@ from controller import (
     WaveFinished,
     WaveStarted,
 )
-from controller.compose import ComposeError, load_compose
-from protocol import NatsOptions, Selector
+from shoal.controller.compose import ComposeError, load_compose
+from shoal.protocol import NatsOptions, Selector
 
 
 def canary_is_healthy(event: HostFinished) -> bool:

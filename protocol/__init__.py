@@ -1,7 +1,7 @@
 """Shoal's wire contract: messages, subjects, selectors and errors. No I/O here."""
 
-from protocol.connection import NatsOptions
-from protocol.envelope import (
+from .connection import NatsOptions
+from .envelope import (
     DEFAULT_TTL,
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
@@ -16,7 +16,7 @@ from protocol.envelope import (
     request_head,
     utcnow,
 )
-from protocol.errors import (
+from .errors import (
     BadRequest,
     Busy,
     Conflict,
@@ -36,11 +36,11 @@ from protocol.errors import (
     UnknownVerb,
     UnsupportedVersion,
 )
-from protocol.hostid import sanitize_host_id, validate_host_id
-from protocol.platform import normalize_arch
-from protocol.schema import protocol_schema
-from protocol.selectors import Requirement, Selector, parse_label_selector, validate_host_glob
-from protocol.service import (
+from .hostid import sanitize_host_id, validate_host_id
+from .platform import normalize_arch
+from .schema import protocol_schema
+from .selectors import Requirement, Selector, parse_label_selector, validate_host_glob
+from .service import (
     DeployAction,
     DeployArgs,
     DeployPhase,
@@ -63,9 +63,9 @@ from protocol.service import (
     spec_diff,
     validate_image_ref,
 )
-from protocol.signing import Forbidden, InvalidKey, Signature, Signer, Unauthorized
-from protocol.subjects import DEFAULT_PREFIX, Subjects
-from protocol.verbs import (
+from .signing import Forbidden, InvalidKey, Signature, Signer, Unauthorized
+from .subjects import DEFAULT_PREFIX, Subjects
+from .verbs import (
     CONTAINER_ACTIONS,
     CONTAINER_TARGET_PATTERN,
     KEEP_LABEL,

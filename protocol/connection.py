@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol import nkey
+from . import nkey
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS

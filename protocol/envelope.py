@@ -17,10 +17,10 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.errors import BadRequest, ErrorCode, PayloadTooLarge, ShoalError, UnsupportedVersion
-from protocol.hostid import HOST_ID_PATTERN
-from protocol.selectors import Selector
-from protocol.signing import Signature
+from .errors import BadRequest, ErrorCode, PayloadTooLarge, ShoalError, UnsupportedVersion
+from .hostid import HOST_ID_PATTERN
+from .selectors import Selector
+from .signing import Signature
 
 PROTOCOL_VERSION = 1
 """Version of the envelope. Agents refuse requests with a newer major version."""

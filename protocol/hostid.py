@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import InvalidHostId
+from .errors import InvalidHostId
 
 HOST_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _HOST_ID_RE = re.compile(HOST_ID_PATTERN)

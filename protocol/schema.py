@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from protocol.envelope import PROTOCOL_VERSION, Progress, Reply, Request
-from protocol.errors import ErrorCode
-from protocol.verbs import VERBS, AgentEvent, AgentFacts
+from .envelope import PROTOCOL_VERSION, Progress, Reply, Request
+from .errors import ErrorCode
+from .verbs import VERBS, AgentEvent, AgentFacts
 
 
 def protocol_schema() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from protocol.errors import InvalidSelector
+from .errors import InvalidSelector
 
 _GLOB_RE = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]{1,128}$")
 _KEY = r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?"

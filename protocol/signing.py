@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol import nkey
-from protocol.errors import ErrorCode, ShoalError
+from . import nkey
+from .errors import ErrorCode, ShoalError
 
 SIGNATURE_ALGORITHM = "ed25519-nkey"
 _PUBLIC_USER_PREFIX = "U"

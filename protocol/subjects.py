@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from protocol.hostid import validate_host_id
+from .hostid import validate_host_id
 
 DEFAULT_PREFIX = "shoal"
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocol.envelope import HostId
-from protocol.service import (
+from .envelope import HostId
+from .service import (
     DeployArgs,
     DeployResult,
     PullArgs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from protocol import AgentFacts, DockerFacts, utcnow
+from shoal.protocol import AgentFacts, DockerFacts, utcnow
 
 
 def agent_facts(host: str, *, at: datetime | None = None, **fields: Any) -> AgentFacts:

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.engine import EngineInfo
-from protocol import ContainerSummary, DockerError, DockerUnavailable, PsArgs
+from shoal.agent.engine import EngineInfo
+from shoal.protocol import ContainerSummary, DockerError, DockerUnavailable, PsArgs
 
 FAKE_INFO = EngineInfo(
     name="fake-engine",

@@ -13,19 +13,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 
-from agent.docker import disk, ops, services
-from agent.docker.containers import list_containers
-from agent.docker.system import engine_info, ping_engine
-from agent.engine import (
-    ContainerEventRecord,
-    ContainerState,
-    DiskSnapshot,
-    EngineInfo,
-    ImageInfo,
-    PullProgress,
-    Stream,
-)
-from protocol import (
+from shoal.protocol import (
     ContainerSummary,
     DockerUnavailable,
     ImageSummary,
@@ -35,6 +23,19 @@ from protocol import (
     ServiceSpec,
     StatsResult,
 )
+
+from ..engine import (
+    ContainerEventRecord,
+    ContainerState,
+    DiskSnapshot,
+    EngineInfo,
+    ImageInfo,
+    PullProgress,
+    Stream,
+)
+from . import disk, ops, services
+from .containers import list_containers
+from .system import engine_info, ping_engine
 
 T = TypeVar("T")
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import docker
 
-from agent.docker.errors import translate_docker_errors
-from protocol import ContainerSummary, PortMapping, PsArgs
+from shoal.protocol import ContainerSummary, PortMapping, PsArgs
+
+from .errors import translate_docker_errors
 
 
 def _filters(args: PsArgs) -> dict[str, list[str]]:

@@ -7,8 +7,7 @@ from typing import Any
 
 import docker
 
-from agent.docker.errors import translate_docker_errors
-from agent.engine import (
+from ..engine import (
     BuildCacheRecord,
     ContainerRecord,
     DiskSnapshot,
@@ -16,6 +15,7 @@ from agent.engine import (
     NetworkRecord,
     VolumeRecord,
 )
+from .errors import translate_docker_errors
 
 NO_TAG = "<none>:<none>"
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import docker.errors
 import requests.exceptions
 
-from protocol import (
+from shoal.protocol import (
     BadRequest,
     Conflict,
     DockerError,

@@ -11,9 +11,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from agent.docker.errors import translate_docker_errors
-from agent.engine import ContainerEventRecord
-from protocol import (
+from shoal.protocol import (
     CONTAINER_ACTIONS,
     SERVICE_LABEL,
     ContainerEventInfo,
@@ -25,6 +23,9 @@ from protocol import (
     StatsResult,
     parse_log_line,
 )
+
+from ..engine import ContainerEventRecord
+from .errors import translate_docker_errors
 
 STATS_WORKERS = 8
 """Containers sampled at once: each sample takes the engine about a second."""

@@ -8,9 +8,10 @@ import docker
 import docker.errors
 import docker.types
 
-from agent.docker.errors import translate_docker_errors
-from agent.engine import ContainerState, ImageInfo, PullProgress
-from protocol import SERVICE_LABEL, DockerError, ServiceSpec
+from shoal.protocol import SERVICE_LABEL, DockerError, ServiceSpec
+
+from ..engine import ContainerState, ImageInfo, PullProgress
+from .errors import translate_docker_errors
 
 
 def _nanos(seconds: float) -> int:

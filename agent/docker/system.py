@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import docker
 
-from agent.docker.errors import translate_docker_errors
-from agent.engine import EngineInfo
+from ..engine import EngineInfo
+from .errors import translate_docker_errors
 
 
 def engine_info(client: docker.DockerClient) -> EngineInfo:

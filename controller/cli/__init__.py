@@ -14,8 +14,9 @@ import typer
 import typer.core
 import typer.main
 
-from controller import __version__
-from controller.cli.common import (
+from .. import __version__
+from ..result import ExitCode
+from .common import (
     GlobalOptions,
     JsonOpt,
     ServerOpt,
@@ -24,7 +25,6 @@ from controller.cli.common import (
     print_json,
     run,
 )
-from controller.result import ExitCode
 
 
 @dataclass(frozen=True)
@@ -58,28 +58,28 @@ class Lazy:
 # A command's module (and what it imports: rich, the compose loader, the rollout
 # engine) loads only when that command runs, so `shoal ps` does not pay for `deploy`.
 LAZY_COMMANDS: dict[str, Lazy] = {
-    "ps": Lazy("controller.cli.ps:ps", "Fleet"),
-    "agents": Lazy("controller.cli.agents:app", "Fleet", group=True),
-    "images": Lazy("controller.cli.everyday:images", "Fleet"),
-    "stats": Lazy("controller.cli.everyday:stats", "Fleet"),
-    "events": Lazy("controller.cli.everyday:events", "Fleet"),
-    "info": Lazy("controller.cli.everyday:info", "Fleet"),
-    "logs": Lazy("controller.cli.everyday:logs", "Containers"),
-    "inspect": Lazy("controller.cli.everyday:inspect", "Containers"),
-    "start": Lazy("controller.cli.everyday:start", "Containers"),
-    "stop": Lazy("controller.cli.everyday:stop", "Containers"),
-    "restart": Lazy("controller.cli.everyday:restart", "Containers"),
-    "rm": Lazy("controller.cli.everyday:rm", "Containers"),
-    "df": Lazy("controller.cli.disk:df", "Disk"),
-    "prune": Lazy("controller.cli.disk:prune", "Disk"),
-    "deploy": Lazy("controller.cli.deploy:deploy", "Deploy"),
-    "rollback": Lazy("controller.cli.deploy:rollback", "Deploy"),
-    "services": Lazy("controller.cli.deploy:services", "Deploy"),
-    "pull": Lazy("controller.cli.deploy:pull", "Deploy"),
-    "up": Lazy("controller.cli.up:up", "Set-up"),
-    "keys": Lazy("controller.cli.keys:app", "Security", group=True),
-    "enroll": Lazy("controller.cli.security:enroll", "Security"),
-    "audit": Lazy("controller.cli.security:audit", "Security"),
+    "ps": Lazy("shoal.controller.cli.ps:ps", "Fleet"),
+    "agents": Lazy("shoal.controller.cli.agents:app", "Fleet", group=True),
+    "images": Lazy("shoal.controller.cli.everyday:images", "Fleet"),
+    "stats": Lazy("shoal.controller.cli.everyday:stats", "Fleet"),
+    "events": Lazy("shoal.controller.cli.everyday:events", "Fleet"),
+    "info": Lazy("shoal.controller.cli.everyday:info", "Fleet"),
+    "logs": Lazy("shoal.controller.cli.everyday:logs", "Containers"),
+    "inspect": Lazy("shoal.controller.cli.everyday:inspect", "Containers"),
+    "start": Lazy("shoal.controller.cli.everyday:start", "Containers"),
+    "stop": Lazy("shoal.controller.cli.everyday:stop", "Containers"),
+    "restart": Lazy("shoal.controller.cli.everyday:restart", "Containers"),
+    "rm": Lazy("shoal.controller.cli.everyday:rm", "Containers"),
+    "df": Lazy("shoal.controller.cli.disk:df", "Disk"),
+    "prune": Lazy("shoal.controller.cli.disk:prune", "Disk"),
+    "deploy": Lazy("shoal.controller.cli.deploy:deploy", "Deploy"),
+    "rollback": Lazy("shoal.controller.cli.deploy:rollback", "Deploy"),
+    "services": Lazy("shoal.controller.cli.deploy:services", "Deploy"),
+    "pull": Lazy("shoal.controller.cli.deploy:pull", "Deploy"),
+    "up": Lazy("shoal.controller.cli.up:up", "Set-up"),
+    "keys": Lazy("shoal.controller.cli.keys:app", "Security", group=True),
+    "enroll": Lazy("shoal.controller.cli.security:enroll", "Security"),
+    "audit": Lazy("shoal.controller.cli.security:audit", "Security"),
 }
 
 
@@ -245,7 +245,7 @@ def init(
 @app.command(rich_help_panel="Set-up")
 def schema() -> None:
     """Print the JSON Schema of the protocol (envelope, heartbeat, every verb)."""
-    from protocol import protocol_schema
+    from shoal.protocol import protocol_schema
 
     sys.stdout.write(json.dumps(protocol_schema(), indent=2) + "\n")
 

@@ -6,7 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from controller.cli.common import (
+from shoal.protocol import InvalidHostId, validate_host_id
+
+from ..registry import AgentRecord
+from ..result import ExitCode
+from .common import (
     Cell,
     HostsOpt,
     JsonOpt,
@@ -22,9 +26,6 @@ from controller.cli.common import (
     run,
     usage_error,
 )
-from controller.registry import AgentRecord
-from controller.result import ExitCode
-from protocol import InvalidHostId, validate_host_id
 
 CLOCK_WARN = 2.0
 """Seconds of clock difference from the NATS server beyond which CLOCK is shown."""

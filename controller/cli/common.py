@@ -16,13 +16,14 @@ import pydantic_core
 import typer
 from pydantic import BaseModel, ValidationError
 
-from controller.errors import ConnectError, FleetError, InvalidLimit, RegistryUnavailable
-from controller.fleet import DEFAULT_TIMEOUT, Fleet
-from controller.keys import SigningKeyError, resolve_signer
-from controller.result import ExitCode, FleetResult
-from controller.targeting import Limit
-from protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
-from protocol.envelope import summarize_validation_error
+from shoal.protocol import InvalidSelector, NatsOptions, Selector, ShoalError, utcnow
+from shoal.protocol.envelope import summarize_validation_error
+
+from ..errors import ConnectError, FleetError, InvalidLimit, RegistryUnavailable
+from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..keys import SigningKeyError, resolve_signer
+from ..result import ExitCode, FleetResult
+from ..targeting import Limit
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleDimensions

@@ -22,7 +22,40 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli.common import (
+from shoal.protocol import (
+    DeployPhase,
+    FailureAction,
+    Order,
+    Progress,
+    PullResult,
+    Reply,
+    RolloutConfig,
+    ServicesArgs,
+    ServiceSpec,
+    ServicesResult,
+    validate_image_ref,
+)
+from shoal.protocol.envelope import summarize_validation_error
+
+from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..locks import LockHeld, LockLost
+from ..result import ExitCode, FleetResult
+from ..rollout import (
+    DEPLOY_TIMEOUT,
+    DEPLOYED,
+    ROLLED_BACK,
+    HostFinished,
+    HostProgress,
+    InvalidParallelism,
+    RollbackStarted,
+    RolloutEvent,
+    RolloutReport,
+    RolloutStarted,
+    WaveFinished,
+    WaveStarted,
+    wave_size,
+)
+from .common import (
     HostsOpt,
     JsonOpt,
     LabelsOpt,
@@ -43,38 +76,6 @@ from controller.cli.common import (
     show_result,
     usage_error,
 )
-from controller.fleet import DEFAULT_TIMEOUT, Fleet
-from controller.locks import LockHeld, LockLost
-from controller.result import ExitCode, FleetResult
-from controller.rollout import (
-    DEPLOY_TIMEOUT,
-    DEPLOYED,
-    ROLLED_BACK,
-    HostFinished,
-    HostProgress,
-    InvalidParallelism,
-    RollbackStarted,
-    RolloutEvent,
-    RolloutReport,
-    RolloutStarted,
-    WaveFinished,
-    WaveStarted,
-    wave_size,
-)
-from protocol import (
-    DeployPhase,
-    FailureAction,
-    Order,
-    Progress,
-    PullResult,
-    Reply,
-    RolloutConfig,
-    ServicesArgs,
-    ServiceSpec,
-    ServicesResult,
-    validate_image_ref,
-)
-from protocol.envelope import summarize_validation_error
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
@@ -236,7 +237,7 @@ class Project:
 def load_project(file: Path | None, names: list[str]) -> Project:
     """Read the compose file (bad file: message and exit 2)."""
     try:
-        from controller.compose import ComposeError, load_compose
+        from ..compose import ComposeError, load_compose
     except ModuleNotFoundError as exc:
         if exc.name != "yaml":
             raise

@@ -10,7 +10,23 @@ from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli.common import (
+from shoal.protocol import (
+    SYSTEM_PRUNE_KINDS,
+    DfResult,
+    DiskKind,
+    Progress,
+    PruneArgs,
+    PruneKind,
+    PruneResult,
+    Reply,
+    Selector,
+)
+from shoal.protocol.envelope import summarize_validation_error
+
+from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..result import ExitCode, FleetResult
+from ..targeting import Limit
+from .common import (
     HostsOpt,
     JsonOpt,
     LabelsOpt,
@@ -34,21 +50,6 @@ from controller.cli.common import (
     show_result,
     usage_error,
 )
-from controller.fleet import DEFAULT_TIMEOUT, Fleet
-from controller.result import ExitCode, FleetResult
-from controller.targeting import Limit
-from protocol import (
-    SYSTEM_PRUNE_KINDS,
-    DfResult,
-    DiskKind,
-    Progress,
-    PruneArgs,
-    PruneKind,
-    PruneResult,
-    Reply,
-    Selector,
-)
-from protocol.envelope import summarize_validation_error
 
 KIND_NAMES = [k.value for k in PruneKind] + ["system"]
 

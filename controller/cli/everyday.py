@@ -24,7 +24,25 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli.common import (
+from shoal.protocol import (
+    CONTAINER_TARGET_PATTERN,
+    MAX_LOG_LINES,
+    AgentEvent,
+    ContainerActionResult,
+    ImagesResult,
+    ImageSummary,
+    InfoResult,
+    InspectResult,
+    LogLine,
+    LogsResult,
+    Selector,
+    StatsResult,
+)
+
+from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..result import ExitCode, FleetResult
+from ..targeting import Limit
+from .common import (
     HostsOpt,
     JsonOpt,
     LabelsOpt,
@@ -49,23 +67,6 @@ from controller.cli.common import (
     show_result,
     usage_error,
     with_progress,
-)
-from controller.fleet import DEFAULT_TIMEOUT, Fleet
-from controller.result import ExitCode, FleetResult
-from controller.targeting import Limit
-from protocol import (
-    CONTAINER_TARGET_PATTERN,
-    MAX_LOG_LINES,
-    AgentEvent,
-    ContainerActionResult,
-    ImagesResult,
-    ImageSummary,
-    InfoResult,
-    InspectResult,
-    LogLine,
-    LogsResult,
-    Selector,
-    StatsResult,
 )
 
 Action = Literal["start", "stop", "restart", "rm"]

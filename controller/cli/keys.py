@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from controller.cli.common import JsonOpt, err, out, print_json, usage_error
-from controller.keys import KeyInfo, KeyStore, SigningKeyError
+from ..keys import KeyInfo, KeyStore, SigningKeyError
+from .common import JsonOpt, err, out, print_json, usage_error
 
 app = typer.Typer(help="Signing keys: every request is signed with one.", no_args_is_help=True)
 

@@ -7,7 +7,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from controller.cli.common import (
+from shoal.protocol import PsArgs, PsResult
+from shoal.protocol.envelope import summarize_validation_error
+
+from ..fleet import DEFAULT_TIMEOUT
+from ..result import FleetResult
+from .common import (
     HostsOpt,
     JsonOpt,
     LabelsOpt,
@@ -23,10 +28,6 @@ from controller.cli.common import (
     show_result,
     usage_error,
 )
-from controller.fleet import DEFAULT_TIMEOUT
-from controller.result import FleetResult
-from protocol import PsArgs, PsResult
-from protocol.envelope import summarize_validation_error
 
 FILTER_KEYS = ("name", "label", "status", "image", "ancestor")
 

@@ -11,7 +11,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from controller.cli.common import (
+from shoal.protocol import AuditRecord, InvalidHostId, Role, Subjects, utcnow
+
+from ..fleet import DEFAULT_TIMEOUT
+from ..keys import KeyStore, SigningKeyError
+from .common import (
     HostsOpt,
     JsonOpt,
     ServerOpt,
@@ -26,9 +30,6 @@ from controller.cli.common import (
     run,
     usage_error,
 )
-from controller.fleet import DEFAULT_TIMEOUT
-from controller.keys import KeyStore, SigningKeyError
-from protocol import AuditRecord, InvalidHostId, Role, Subjects, utcnow
 
 
 def enroll(
@@ -77,7 +78,7 @@ def enroll(
         if not names:
             usage_error("no signing key yet: create one with 'shoal keys new NAME'")
         keys = [(n, store.load(n).public_key, role) for n in names]
-        from controller.enroll import enroll_host  # loads the agent's trust module
+        from ..enroll import enroll_host  # loads the agent's trust module
 
         enrollment = enroll_host(Subjects(global_options(ctx).prefix), host_id, keys)
     except SigningKeyError as exc:
@@ -115,7 +116,7 @@ def enroll(
 
 
 def enroll_controller(ctx: typer.Context, name: str, out_dir: Path | None, json_: bool) -> None:
-    from controller.enroll import controller_user
+    from ..enroll import controller_user
 
     public, seed, entry = controller_user(Subjects(global_options(ctx).prefix), name)
     if out_dir is not None:

@@ -10,22 +10,23 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from controller.cli.common import err, error, global_options, run, usage_error
-from controller.embedded import EmbeddedNats, state_dir
-from controller.fleet import Fleet
-from controller.keys import KeyStore
-from protocol import NatsOptions, Role
+from shoal.protocol import NatsOptions, Role
+
+from ..embedded import EmbeddedNats, state_dir
+from ..fleet import Fleet
+from ..keys import KeyStore
+from .common import err, error, global_options, run, usage_error
 
 if TYPE_CHECKING:  # the agent's modules load only when 'shoal up' runs
-    from agent.config import AgentSettings
+    from shoal.agent.config import AgentSettings
 
 
 async def run_up(
     store: Path, address: str, port: int, settings: AgentSettings | None, prefix: str
 ) -> None:
-    from agent import __version__ as agent_version
-    from agent.runtime import Agent, AgentStartError
-    from agent.trust import TrustEntry, render_trust
+    from shoal.agent import __version__ as agent_version
+    from shoal.agent.runtime import Agent, AgentStartError
+    from shoal.agent.trust import TrustEntry, render_trust
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,7 +110,7 @@ def up(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from agent.config import AgentSettings
+    from shoal.agent.config import AgentSettings
 
     g = global_options(ctx)
     settings = None
@@ -125,7 +126,7 @@ def up(
             )
         except ValueError as exc:
             usage_error(str(exc))
-    from agent.cli import (  # the agent's modules load only here
+    from shoal.agent.cli import (  # the agent's modules load only here
         EventLoopUnavailable,
         install_event_loop_policy,
     )

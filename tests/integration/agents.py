@@ -18,8 +18,8 @@ from typing import Any
 import nats
 import nats.errors
 
-from agent.trust import TrustEntry, render_trust
-from protocol import Request, Role, Signer, Subjects, Target, Verb
+from shoal.agent.trust import TrustEntry, render_trust
+from shoal.protocol import Request, Role, Signer, Subjects, Target, Verb
 
 READY_DEADLINE = 15.0
 STOP_DEADLINE = 10.0
@@ -33,7 +33,7 @@ def _script(name: str) -> list[str]:
     found = shutil.which(name)
     if found:
         return [found]
-    module = {"shoal": "controller", "shoal-agent": "agent"}[name]
+    module = {"shoal": "shoal.controller", "shoal-agent": "shoal.agent"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import Fleet
-from protocol import NatsOptions, Role
+from shoal.controller import Fleet
+from shoal.protocol import NatsOptions, Role
 from tests.integration.agents import AgentProcess, SessionKey, make_key, write_trust
 from tests.stack import BUSYBOX_IMAGE, DockerEngine, NatsServer, Registry
 

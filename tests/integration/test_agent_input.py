@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from agent import Agent
-from agent.config import AgentSettings
-from protocol import (
+from shoal.agent import Agent
+from shoal.agent.config import AgentSettings
+from shoal.protocol import (
     MAX_REQUEST_BYTES,
     AgentFacts,
     ErrorCode,

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import Fleet
-from controller.registry import AgentRecord
-from controller.result import FleetResult
-from protocol import AgentFacts, NatsOptions, Selector, Signer
+from shoal.controller import Fleet
+from shoal.controller.registry import AgentRecord
+from shoal.controller.result import FleetResult
+from shoal.protocol import AgentFacts, NatsOptions, Selector, Signer
 from tests.conftest import require
 from tests.integration.agents import AgentProcess, poll
 from tests.integration.conftest import Keys

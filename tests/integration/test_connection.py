@@ -7,7 +7,7 @@ import asyncio
 import nats
 import pytest
 
-from protocol.connection import flush_in_order
+from shoal.protocol.connection import flush_in_order
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats

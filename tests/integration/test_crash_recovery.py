@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 
-from controller import Fleet
-from protocol import DeployArgs, NatsOptions, Progress, Selector, ServicesArgs, ServiceSpec, Verb
+from shoal.controller import Fleet
+from shoal.protocol import (
+    DeployArgs,
+    NatsOptions,
+    Progress,
+    Selector,
+    ServicesArgs,
+    ServiceSpec,
+    Verb,
+)
 from tests.integration.agents import AgentProcess, run_shoal
 from tests.integration.conftest import Keys
 from tests.stack import TEST_LABEL, DockerEngine, NatsServer

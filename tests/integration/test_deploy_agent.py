@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from controller import Fleet
-from protocol import (
+from shoal.controller import Fleet
+from shoal.protocol import (
     DeployArgs,
     NatsOptions,
     Order,
@@ -176,7 +176,7 @@ async def test_start_first_keeps_a_container_running_throughout(
 async def test_start_first_with_a_fixed_host_port_is_refused(
     fleet: Fleet, app_images: dict[str, str], service: str
 ) -> None:
-    from protocol import PortSpec
+    from shoal.protocol import PortSpec
 
     svc = ServiceSpec(
         name=service, image=app_images["v1"], ports=(PortSpec(container_port=80, host_port=18080),)

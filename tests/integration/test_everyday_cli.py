@@ -23,7 +23,7 @@ from typing import IO, Any
 import docker
 import pytest
 
-from agent import __version__ as agent_version
+from shoal.agent import __version__ as agent_version
 from tests.integration.agents import AgentProcess, CliResult, _script, poll, run_shoal
 from tests.integration.conftest import Keys
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, free_port

@@ -47,13 +47,13 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
-from agent import Agent
-from agent.config import AgentSettings
-from agent.engine import Engine
-from controller import Fleet
-from controller.gather import encode_request
-from controller.result import FleetResult
-from protocol import (
+from shoal.agent import Agent
+from shoal.agent.config import AgentSettings
+from shoal.agent.engine import Engine
+from shoal.controller import Fleet
+from shoal.controller.gather import encode_request
+from shoal.controller.result import FleetResult
+from shoal.protocol import (
     VERBS,
     DeployArgs,
     DockerError,

@@ -6,8 +6,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from controller.gather import gather_replies
-from protocol import Reply, Subjects, utcnow
+from shoal.controller.gather import gather_replies
+from shoal.protocol import Reply, Subjects, utcnow
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, AgentSettings
-from controller import Fleet
-from protocol import NatsOptions, PsArgs
+from shoal.agent import Agent, AgentSettings
+from shoal.controller import Fleet
+from shoal.protocol import NatsOptions, PsArgs
 from tests.fakes import FakeEngine, make_container
 from tests.stack import NatsServer, free_port
 

@@ -15,9 +15,9 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from controller.enroll import controller_user, enroll_host, render_users_conf
-from protocol import Role, Signer, Subjects, nkey
-from protocol.connection import is_auth_error
+from shoal.controller.enroll import controller_user, enroll_host, render_users_conf
+from shoal.protocol import Role, Signer, Subjects, nkey
+from shoal.protocol.connection import is_auth_error
 from tests.integration.agents import AgentProcess, poll, run_shoal
 from tests.integration.conftest import Keys
 from tests.stack import NatsServer, free_port

@@ -28,8 +28,8 @@ import pytest
 import typer.main
 import yaml
 
-from agent.cli import app as agent_app
-from agent.config import AgentSettings
+from shoal.agent.cli import app as agent_app
+from shoal.agent.config import AgentSettings
 from tests.conftest import require
 from tests.integration.agents import ping_host
 from tests.integration.conftest import Keys

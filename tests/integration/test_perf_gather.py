@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from controller import Fleet
-from controller.gather import gather_replies
-from protocol import (
+from shoal.controller import Fleet
+from shoal.controller.gather import gather_replies
+from shoal.protocol import (
     ContainerSummary,
     ErrorCode,
     ErrorInfo,

@@ -13,9 +13,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-import controller.registry as registry_module
-from controller.registry import Registry, registry_stream_name
-from protocol import Subjects, utcnow
+import shoal.controller.registry as registry_module
+from shoal.controller.registry import Registry, registry_stream_name
+from shoal.protocol import Subjects, utcnow
 from tests.factories import heartbeat
 from tests.stack import NatsServer
 

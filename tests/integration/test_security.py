@@ -18,7 +18,7 @@ from typing import Any
 import nats
 import pytest
 
-from protocol import Reply, Request, Role, Signer, Subjects, Target, utcnow
+from shoal.protocol import Reply, Request, Role, Signer, Subjects, Target, utcnow
 from tests.integration.agents import AgentProcess, SessionKey, poll, run_shoal, write_trust
 from tests.integration.conftest import Keys
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent import Agent, AgentSettings
-from controller import Fleet
-from protocol import NatsOptions, PsArgs, Selector
+from shoal.agent import Agent, AgentSettings
+from shoal.controller import Fleet
+from shoal.protocol import NatsOptions, PsArgs, Selector
 from tests.fakes import FakeEngine, make_container
 from tests.stack import NatsServer
 

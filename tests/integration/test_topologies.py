@@ -24,8 +24,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from controller.enroll import controller_user, enroll_host, render_users_conf
-from protocol import Role, Subjects
+from shoal.controller.enroll import controller_user, enroll_host, render_users_conf
+from shoal.protocol import Role, Subjects
 from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
 from tests.integration.conftest import Keys
 from tests.stack import NatsServer, free_port, remove_tree, short_tempdir, start_all

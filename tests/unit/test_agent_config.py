@@ -13,10 +13,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from agent.cli import EventLoopUnavailable, install_event_loop_policy
-from agent.cli import app as agent_app
-from agent.config import AgentSettings, parse_labels
-from protocol import RESERVED_LABELS
+from shoal.agent.cli import EventLoopUnavailable, install_event_loop_policy
+from shoal.agent.cli import app as agent_app
+from shoal.agent.config import AgentSettings, parse_labels
+from shoal.protocol import RESERVED_LABELS
 from tests.conftest import unavailable
 
 AGENT_ENV = (

@@ -78,13 +78,18 @@ def test_without_pyyaml_deploy_from_a_compose_file_says_what_to_install(tmp_path
 
 
 # What a request, a deploy, a prune or a policy file needs, and an idle agent does not.
-ON_FIRST_USE = ("agent.deploy", "agent.handlers", "agent.policy", "agent.prune")
+ON_FIRST_USE = (
+    "shoal.agent.deploy",
+    "shoal.agent.handlers",
+    "shoal.agent.policy",
+    "shoal.agent.prune",
+)
 
 IDLE_START = """
 import asyncio
-from agent.cli import main
-from agent import Agent, AgentSettings
-from agent.runtime import AgentStopped
+from shoal.agent.cli import main
+from shoal.agent import Agent, AgentSettings
+from shoal.agent.runtime import AgentStopped
 from tests.fakes import FakeEngine
 
 settings = AgentSettings.from_options(
@@ -109,7 +114,7 @@ lazy = {lazy!r}
 print("probed", agent._docker.reachable, "recovered", agent._recovered)
 print("idle", sorted(m for m in lazy if m in sys.modules))
 agent.policy, agent.keep_rules, agent.deployer
-import agent.handlers
+import shoal.agent.handlers
 print("used", sorted(m for m in lazy if m in sys.modules))
 """
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from protocol.chunks import CHUNK_HEADER, DIGEST_HEADER, ChunkError, Reassembly, split_reply
+from shoal.protocol.chunks import CHUNK_HEADER, DIGEST_HEADER, ChunkError, Reassembly, split_reply
 
 
 def test_chunks_reassemble_in_any_order() -> None:

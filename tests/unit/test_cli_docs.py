@@ -18,8 +18,8 @@ from typing import Any
 import typer.main
 from rich.text import Text
 
-from agent.cli import app as agent_app
-from controller.cli import app as shoal_app
+from shoal.agent.cli import app as agent_app
+from shoal.controller.cli import app as shoal_app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 REGENERATE = "python -m tests.unit.test_cli_docs"

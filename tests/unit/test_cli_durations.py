@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import typer
 
-from controller.cli.common import parse_duration
-from controller.cli.deploy import parse_seconds
+from shoal.controller.cli.common import parse_duration
+from shoal.controller.cli.deploy import parse_seconds
 
 
 @pytest.mark.parametrize(

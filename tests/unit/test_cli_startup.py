@@ -19,21 +19,21 @@ import typer
 import typer.main
 from typer.testing import CliRunner
 
-from controller.cli import LAZY_COMMANDS, app, common
-from controller.cli.common import EXIT_NATS_UNREACHABLE, Stream, print_json, print_rows, run
-from controller.errors import ConnectError
+from shoal.controller.cli import LAZY_COMMANDS, app, common
+from shoal.controller.cli.common import EXIT_NATS_UNREACHABLE, Stream, print_json, print_rows, run
+from shoal.controller.errors import ConnectError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 HEAVY = (
     "rich",
-    "controller.rollout",
-    "controller.compose",
-    "controller.cli.deploy",
-    "controller.cli.everyday",
-    "controller.cli.disk",
-    "controller.embedded",
-    "agent",
+    "shoal.controller.rollout",
+    "shoal.controller.compose",
+    "shoal.controller.cli.deploy",
+    "shoal.controller.cli.everyday",
+    "shoal.controller.cli.disk",
+    "shoal.controller.embedded",
+    "shoal.agent",
     "docker",
     "yaml",
 )
@@ -44,7 +44,7 @@ def loaded_after(argv: list[str], tmp_path: Path) -> tuple[int, str, list[str]]:
     code = (
         "import json, sys\n"
         f"sys.argv = ['shoal', *{argv!r}]\n"
-        "from controller.cli import main\n"
+        "from shoal.controller.cli import main\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as exc:\n"
@@ -88,8 +88,8 @@ def test_deploy_loads_what_it_needs(tmp_path: Path) -> None:
         ["--server", "nats://127.0.0.1:1", "deploy", "-f", str(compose)], tmp_path
     )
     assert code == 5, stderr
-    assert {"controller.cli.deploy", "controller.compose"} <= set(heavy)
-    assert "agent" not in heavy and "docker" not in heavy
+    assert {"shoal.controller.cli.deploy", "shoal.controller.compose"} <= set(heavy)
+    assert "shoal.agent" not in heavy and "docker" not in heavy
 
 
 def test_help_lists_every_command_in_its_panel() -> None:

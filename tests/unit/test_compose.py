@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.compose import ComposeError, ComposeProject, _substitute, load_compose
-from controller.errors import FleetError
-from protocol import (
+from shoal.controller.compose import ComposeError, ComposeProject, _substitute, load_compose
+from shoal.controller.errors import FleetError
+from shoal.protocol import (
     ErrorCode,
     FailureAction,
     HealthSpec,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from protocol import (
+from shoal.protocol import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
     BadRequest,
@@ -31,7 +31,7 @@ from protocol import (
     new_request_id,
     request_head,
 )
-from protocol.signing import Signature
+from shoal.protocol.signing import Signature
 
 FAST = settings(
     max_examples=100,

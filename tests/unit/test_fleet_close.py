@@ -8,7 +8,7 @@ import asyncio
 import nats.errors
 import pytest
 
-from controller import Fleet
+from shoal.controller import Fleet
 
 
 class CutOffConnection:

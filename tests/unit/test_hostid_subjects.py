@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import (
+from shoal.protocol import (
     DEFAULT_PREFIX,
     ErrorCode,
     InvalidHostId,

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agent.journal import JournalEntry, RequestJournal
+from shoal.agent.journal import JournalEntry, RequestJournal
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 

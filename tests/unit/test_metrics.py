@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from agent.config import AgentSettings
-from agent.metrics import AgentMetrics, Counter, Histogram, MetricsServer, MetricsServerError
+from shoal.agent.config import AgentSettings
+from shoal.agent.metrics import AgentMetrics, Counter, Histogram, MetricsServer, MetricsServerError
 
 SAMPLE_RE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? '

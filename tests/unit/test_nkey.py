@@ -17,8 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import nkey
-from protocol.signing import InvalidKey, Signer, Unauthorized, canonical_bytes, verify_document
+from shoal.protocol import nkey
+from shoal.protocol.signing import (
+    InvalidKey,
+    Signer,
+    Unauthorized,
+    canonical_bytes,
+    verify_document,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 BACKENDS = [nkey.NaclEd25519(), nkey.PureEd25519()]
@@ -45,7 +51,7 @@ def _vector() -> dict[str, str]:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> nkey.Ed25519:
     chosen: nkey.Ed25519 = request.param
     monkeypatch.setattr(nkey, "backend", chosen)
-    from protocol import signing
+    from shoal.protocol import signing
 
     signing._verify_key.cache_clear()
     return chosen
@@ -176,8 +182,8 @@ def test_a_key_pair_signs_as_its_backend_does(backend: nkey.Ed25519) -> None:
 def test_a_request_encoded_per_host_is_its_canonical_form_with_the_signature(
     host: str, message: str, signed: bool
 ) -> None:
-    from controller.gather import RequestEncoder
-    from protocol import Request, Target
+    from shoal.controller.gather import RequestEncoder
+    from shoal.protocol import Request, Target
 
     signer = SIGNER if signed else None
     template = Request(

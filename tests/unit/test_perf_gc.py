@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.gather import RELAXED_GC_THRESHOLD, relaxed_gc
+from shoal.controller.gather import RELAXED_GC_THRESHOLD, relaxed_gc
 
 
 @pytest.fixture(autouse=True)

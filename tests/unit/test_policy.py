@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.policy import (
+from shoal.agent.policy import (
     Policy,
     PolicyDenied,
     PolicyError,
@@ -22,8 +22,8 @@ from agent.policy import (
     parse_policy,
     service_denials,
 )
-from protocol.errors import ErrorCode, ShoalError
-from protocol.service import ServiceSpec, VolumeSpec
+from shoal.protocol.errors import ErrorCode, ShoalError
+from shoal.protocol.service import ServiceSpec, VolumeSpec
 
 EXAMPLE = """
 [images]

@@ -12,11 +12,11 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-import controller.registry as registry_module
-from controller import Fleet
-from controller.errors import RegistryUnavailable
-from controller.registry import AgentRecord, Registry, is_transient, with_recovery
-from controller.transport import jetstream_errors
+import shoal.controller.registry as registry_module
+from shoal.controller import Fleet
+from shoal.controller.errors import RegistryUnavailable
+from shoal.controller.registry import AgentRecord, Registry, is_transient, with_recovery
+from shoal.controller.transport import jetstream_errors
 from tests.factories import agent_facts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controller.result import ExitCode, FleetResult
-from protocol import ContainerSummary, ErrorCode, ErrorInfo, PsResult
+from shoal.controller.result import ExitCode, FleetResult
+from shoal.protocol import ContainerSummary, ErrorCode, ErrorInfo, PsResult
 from tests.fakes import make_container
 
 HOSTS = ["host-a", "host-b", "host-c"]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from controller import (
+from shoal.controller import (
     ExitCode,
     Fleet,
     FleetResult,
@@ -37,10 +37,10 @@ from controller import (
     plan_waves,
     rollout_exit_code,
 )
-from controller.registry import AgentRecord
-from controller.rollout import DEPLOYED, ROLLED_BACK, RolloutEvent, wave_size
-from controller.targeting import Limit
-from protocol import (
+from shoal.controller.registry import AgentRecord
+from shoal.controller.rollout import DEPLOYED, ROLLED_BACK, RolloutEvent, wave_size
+from shoal.controller.targeting import Limit
+from shoal.protocol import (
     VERBS,
     AgentFacts,
     DeployArgs,
@@ -645,7 +645,7 @@ async def test_delay_between_waves_not_after_the_last(monkeypatch: pytest.Monkey
         delays.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr("controller.rollout.asyncio.sleep", recorded)
+    monkeypatch.setattr("shoal.controller.rollout.asyncio.sleep", recorded)
     fleet = fleet_of("a", "b", "c")
     await run_all(fleet.deploy(SPEC, config=cfg(parallelism="1", delay=7.0)))
     assert delays == [7.0, 7.0]
@@ -715,7 +715,7 @@ def test_events_as_json_lines() -> None:
 
 
 def test_flags_override_the_compose_update_config() -> None:
-    from controller.cli.deploy import rollout_overrides, with_overrides
+    from shoal.controller.cli.deploy import rollout_overrides, with_overrides
 
     base = cfg(parallelism="2", delay=5.0, failure_action=FailureAction.ROLLBACK, monitor=9.0)
     overrides = rollout_overrides("25%", "1m", None, 0.5, None, Order.START_FIRST)
@@ -733,7 +733,7 @@ def test_flags_override_the_compose_update_config() -> None:
 
 
 def test_combined_exit_of_several_services() -> None:
-    from controller.cli.deploy import combined_exit
+    from shoal.controller.cli.deploy import combined_exit
 
     def report(**outcomes: Any) -> RolloutReport:
         r = RolloutReport()
@@ -766,8 +766,8 @@ def test_cli_usage_errors_exit_2_before_connecting(
 ) -> None:
     from typer.testing import CliRunner
 
-    from controller.cli import app
-    from controller.cli.common import err
+    from shoal.controller.cli import app
+    from shoal.controller.cli.common import err
 
     stderr = io.StringIO()
     monkeypatch.setattr(err, "file", stderr)

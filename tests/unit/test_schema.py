@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from protocol import (
+from shoal.protocol import (
     PROTOCOL_VERSION,
     VERBS,
     ErrorCode,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from protocol import (
+from shoal.protocol import (
     AgentFacts,
     ErrorCode,
     InvalidSelector,
@@ -17,7 +17,7 @@ from protocol import (
     parse_label_selector,
     validate_host_glob,
 )
-from protocol.selectors import MAX_SELECTOR_LENGTH, Op
+from shoal.protocol.selectors import MAX_SELECTOR_LENGTH, Op
 
 
 def sel(*labels: str, hosts: tuple[str, ...] = ()) -> Selector:

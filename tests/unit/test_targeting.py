@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.errors import InvalidLimit
-from controller.registry import AgentRecord
-from controller.targeting import Limit, Targets, resolve_targets
-from protocol import AgentFacts, DockerFacts, Selector, ShoalError
+from shoal.controller.errors import InvalidLimit
+from shoal.controller.registry import AgentRecord
+from shoal.controller.targeting import Limit, Targets, resolve_targets
+from shoal.protocol import AgentFacts, DockerFacts, Selector, ShoalError
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
