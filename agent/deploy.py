@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.protocol import (
     PREVIOUS_IMAGE_LABEL,
@@ -50,12 +48,9 @@ from shoal.protocol import (
 )
 from shoal.protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
 
+from .context import HostContext, RequestContext
 from .engine import ContainerState, ImageInfo
 from .store import Pending, Revision, ServiceRecord, ServiceStore
-
-if TYPE_CHECKING:
-    from .handlers import RequestContext
-    from .runtime import Agent
 
 log = logging.getLogger("shoal.agent")
 
@@ -78,37 +73,27 @@ class _Step:
 class Deployer:
     """Runs deploy, rollback, remove and services for one agent."""
 
-    def __init__(self, agent: Agent, store: ServiceStore) -> None:
-        self.agent = agent
-        self.store = store
-        self._busy: dict[str, str] = {}
+    def __init__(self, host: HostContext) -> None:
+        self.host = host
+        self.store: ServiceStore = host.services
+        self.claim = host.locks.claim
 
-    # --- locking -------------------------------------------------------------------------
+    def _check_policy(self, spec: ServiceSpec) -> None:
+        """Refuse (policy_denied) a service this host's policy does not allow."""
+        from .policy import check_service
 
-    @contextmanager
-    def claim(self, service: str, request_id: str) -> Iterator[None]:
-        """Hold ``service`` for one request: one operation per service at a time.
+        check_service(self.host.policy(), spec)
 
-        Raises Conflict, naming the holder, while another request holds it.
-        """
-        holder = self._busy.get(service)
-        if holder is not None:
-            raise Conflict(
-                f"service {service!r} is busy with request {holder} on this host; "
-                "one operation per service at a time",
-                detail={"request_id": holder},
-            )
-        self._busy[service] = request_id
-        try:
-            yield
-        finally:
-            self._busy.pop(service, None)
+    def _check_image_policy(self, image: str) -> None:
+        from .policy import check_image
+
+        check_image(self.host.policy(), image)
 
     # --- verbs ---------------------------------------------------------------------------
 
     async def deploy(self, ctx: RequestContext, args: DeployArgs) -> DeployResult:
         spec = args.service
-        self.agent.check_policy(spec)
+        self._check_policy(spec)
         if (
             args.order == Order.START_FIRST
             and spec.fixed_host_ports
@@ -136,7 +121,7 @@ class Deployer:
                 raise NotFound(f"service {args.service!r} is not deployed on this host")
             if record.previous is None:
                 raise NotFound(f"service {args.service!r} has no previous revision to go back to")
-            self.agent.check_policy(record.previous.spec)
+            self._check_policy(record.previous.spec)
             return await self._roll(
                 ctx,
                 record.previous.spec,
@@ -149,21 +134,21 @@ class Deployer:
 
     async def remove(self, ctx: RequestContext, args: RemoveArgs) -> RemoveResult:
         with self.claim(args.service, ctx.request.id):
-            containers = await self.agent.in_engine(
-                self.agent.engine.service_containers, args.service
+            containers = await self.host.calls.run(
+                self.host.engine.service_containers, args.service
             )
             if not containers and self.store.get(args.service) is None:
                 raise NotFound(f"service {args.service!r} is not deployed on this host")
             removed = []
             for container in containers:
                 await ctx.progress(DeployPhase.REMOVING, f"removing {container.name}")
-                await self.agent.in_engine(self.agent.engine.discard_container, container.id)
+                await self.host.calls.run(self.host.engine.discard_container, container.id)
                 removed.append(container.id)
             self.store.delete(args.service)
             return RemoveResult(service=args.service, removed=removed)
 
     async def services(self, args: ServicesArgs) -> ServicesResult:
-        containers = await self.agent.in_engine(self.agent.engine.service_containers, args.service)
+        containers = await self.host.calls.run(self.host.engine.service_containers, args.service)
         by_service: dict[str, list[ContainerState]] = {}
         for c in containers:
             by_service.setdefault(c.labels.get(SERVICE_LABEL, ""), []).append(c)
@@ -180,8 +165,8 @@ class Deployer:
         return ServicesResult(services=statuses)
 
     async def pull(self, ctx: RequestContext, args: PullArgs) -> PullResult:
-        self.agent.check_image_policy(args.image)
-        before = await self.agent.in_engine(self.agent.engine.image_info, args.image)
+        self._check_image_policy(args.image)
+        before = await self.host.calls.run(self.host.engine.image_info, args.image)
         info = await self._pull(ctx, args.image)
         return PullResult(
             image=args.image,
@@ -222,7 +207,7 @@ class Deployer:
 
     async def _live(self, container_id: str) -> ContainerState | None:
         try:
-            return await self.agent.in_engine(self.agent.engine.container_state, container_id)
+            return await self.host.calls.run(self.host.engine.container_state, container_id)
         except NotFound:
             return None
 
@@ -243,10 +228,10 @@ class Deployer:
 
         await ctx.progress(DeployPhase.PULLING, f"pulling {image}")
         async with ctx.keepalive(DeployPhase.PULLING, f"pulling {image}", every=5.0):
-            info = await self.agent.in_engine(
-                self.agent.engine.pull_image, image, progress, timeout=self.agent.long_timeout
+            info = await self.host.calls.run(
+                self.host.engine.pull_image, image, progress, timeout=self.host.calls.long_timeout
             )
-        host_arch = self.agent.facts()
+        host_arch = self.host.facts()
         want = (host_arch.arch, host_arch.variant)
         got = normalize_arch(info.architecture)[0], info.variant
         if info.architecture and got[0] != want[0]:
@@ -269,7 +254,7 @@ class Deployer:
         *,
         rollback: bool,
     ) -> DeployResult:
-        agent, engine = self.agent, self.agent.engine
+        calls, engine = self.host.calls, self.host.engine
         current = record.current if record is not None else None
         step = _Step()
         if record is not None and record.pending is not None:
@@ -319,11 +304,11 @@ class Deployer:
             labels[PREVIOUS_IMAGE_LABEL] = current.image_id
         stale = [
             c
-            for c in await agent.in_engine(engine.service_containers, spec.name)
+            for c in await calls.run(engine.service_containers, spec.name)
             if old is None or c.id != old.id
         ]
         for c in stale:  # leftovers of an interrupted operation
-            await agent.in_engine(engine.discard_container, c.id)
+            await calls.run(engine.discard_container, c.id)
 
         new_id = ""
         old_stopped = False
@@ -342,7 +327,7 @@ class Deployer:
         try:
             step.phase = DeployPhase.CREATING
             await ctx.progress(step.phase, f"creating revision {revision}")
-            new_id = await agent.in_engine(
+            new_id = await calls.run(
                 engine.create_service_container, spec, f"{spec.name}.r{revision}", labels
             )
             pending = Pending(revision=pending.revision.model_copy(update={"container_id": new_id}))
@@ -354,7 +339,7 @@ class Deployer:
                 old_stopped = True
             step.phase = DeployPhase.STARTING
             await ctx.progress(step.phase, f"starting {spec.name}.r{revision}")
-            await agent.in_engine(engine.start_container, new_id)
+            await calls.run(engine.start_container, new_id)
             step.phase = DeployPhase.HEALTH
             await self._wait_healthy(ctx, new_id, spec, monitor, health_timeout)
         except ShoalError as exc:
@@ -370,7 +355,7 @@ class Deployer:
             try:
                 if old.running and order == Order.START_FIRST:
                     await self._stop(old, current.spec if current else spec)
-                await agent.in_engine(engine.discard_container, old.id)
+                await calls.run(engine.discard_container, old.id)
             except ShoalError as exc:
                 log.warning("could not remove the old container %s: %s", old.name, exc.message)
         new_revision = Revision(
@@ -411,12 +396,12 @@ class Deployer:
         completed; one interrupted earlier is undone and the previous revision
         runs again.
         """
-        engine = self.agent.engine
+        engine = self.host.engine
         for name in self.store.names():
             record = self.store.get(name)
             if record is None:
                 continue
-            containers = await self.agent.in_engine(engine.service_containers, name)
+            containers = await self.host.calls.run(engine.service_containers, name)
             pending = record.pending
             keep: str | None = record.current.container_id if record.current else None
             if pending is not None:
@@ -430,7 +415,7 @@ class Deployer:
                     record = ServiceRecord(current=pending.revision, previous=record.current)
                     keep = new.id
                     if not new.running:
-                        await self.agent.in_engine(engine.start_container, new.id)
+                        await self.host.calls.run(engine.start_container, new.id)
                 else:
                     log.warning(
                         "recovery: undoing the interrupted deploy of %s revision %d",
@@ -441,7 +426,7 @@ class Deployer:
             for container in containers:
                 if container.id != keep:
                     log.warning("recovery: removing %s of service %s", container.name, name)
-                    await self.agent.in_engine(engine.discard_container, container.id)
+                    await self.host.calls.run(engine.discard_container, container.id)
             if record.current is None:
                 self.store.delete(name)
                 continue
@@ -449,13 +434,13 @@ class Deployer:
             if current is not None and not current.running and pending is not None:
                 # stop-first had stopped it before the crash
                 log.warning("recovery: starting %s again", current.name)
-                await self.agent.in_engine(engine.start_container, current.id)
+                await self.host.calls.run(engine.start_container, current.id)
             self.store.put(name, record)
 
     async def _stop(self, container: ContainerState, spec: ServiceSpec) -> None:
         grace = int(spec.stop_grace_period) if spec.stop_grace_period is not None else 10
-        await self.agent.in_engine(
-            self.agent.engine.stop_container, container.id, grace, timeout=grace + 30
+        await self.host.calls.run(
+            self.host.engine.stop_container, container.id, grace, timeout=grace + 30
         )
 
     async def _wait_healthy(
@@ -467,9 +452,9 @@ class Deployer:
         health_timeout: float,
     ) -> None:
         """Healthy by its healthcheck, or running through the monitor window."""
-        engine = self.agent.engine
+        engine = self.host.engine
         started = time.monotonic()
-        first = await self.agent.in_engine(engine.container_state, container_id)
+        first = await self.host.calls.run(engine.container_state, container_id)
         # A healthcheck from the spec, or one the image defines.
         has_health = spec.healthcheck is not None or bool(first.health)
         deadline = started + (health_timeout if has_health else monitor)
@@ -479,7 +464,7 @@ class Deployer:
         )
         last_beat = started
         while True:
-            state = await self.agent.in_engine(engine.container_state, container_id)
+            state = await self.host.calls.run(engine.container_state, container_id)
             if not state.running or state.restart_count > 0:
                 raise DeployFailed(
                     f"the container exited with code {state.exit_code}"
@@ -513,8 +498,8 @@ class Deployer:
 
     async def _logs(self, container_id: str) -> list[str]:
         try:
-            return await self.agent.in_engine(
-                self.agent.engine.container_logs, container_id, LOG_TAIL
+            return await self.host.calls.run(
+                self.host.engine.container_logs, container_id, LOG_TAIL
             )
         except ShoalError:
             return []
@@ -528,18 +513,18 @@ class Deployer:
         old_stopped: bool,
     ) -> int | None:
         """Remove the failed container and bring the previous one back. Its revision."""
-        engine = self.agent.engine
+        engine = self.host.engine
         await ctx.progress(DeployPhase.ROLLING_BACK, "restoring the previous revision")
         if new_id:
             try:
-                await self.agent.in_engine(engine.discard_container, new_id)
+                await self.host.calls.run(engine.discard_container, new_id)
             except ShoalError as exc:
                 log.error("could not remove the failed container %s: %s", new_id[:12], exc.message)
         if old is None or current is None:
             return None
         if old_stopped:
             try:
-                await self.agent.in_engine(engine.start_container, old.id)
+                await self.host.calls.run(engine.start_container, old.id)
             except ShoalError as exc:
                 log.error("could not restart the previous container %s: %s", old.name, exc.message)
                 return None

@@ -12,14 +12,11 @@ import logging
 import threading
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from shoal.protocol import AgentEvent, EventKind, ShoalError
 
 from .engine import ContainerEventRecord, Stream
-
-if TYPE_CHECKING:
-    from .runtime import Agent
 
 log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
@@ -116,7 +113,7 @@ class ThreadedStream(Generic[T]):
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
 
 
-def container_event(agent: Agent, record: ContainerEventRecord) -> AgentEvent:
+def container_event(host_id: str, instance: str, record: ContainerEventRecord) -> AgentEvent:
     """An engine's container event as the agent publishes it."""
     info = record.info
     what = info.name or info.id[:12]
@@ -124,8 +121,8 @@ def container_event(agent: Agent, record: ContainerEventRecord) -> AgentEvent:
     if info.exit_code is not None and info.action == "die":
         message += f", exit code {info.exit_code}"
     return AgentEvent(
-        host_id=agent.host_id,
-        instance=agent.instance,
+        host_id=host_id,
+        instance=instance,
         kind=EventKind.CONTAINER,
         at=datetime.fromtimestamp(record.time_nano / 1e9, UTC),
         message=message,

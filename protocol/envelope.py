@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -224,6 +225,15 @@ def decode_request_document(
     if absent:
         raise BadRequest(f"malformed request: missing {', '.join(sorted(absent))}")
     return request, document
+
+
+_WIRE_TIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def wire_time(dt: datetime) -> str:
+    """``dt`` in the one RFC 3339 form of the wire: UTC with ``Z``, as replies write their times."""
+    written: str = _WIRE_TIME.dump_python(dt.astimezone(UTC), mode="json")
+    return written
 
 
 def json_safe_errors(exc: ValidationError) -> list[dict[str, Any]]:

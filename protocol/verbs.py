@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .envelope import HostId
+from .envelope import HostId, wire_time
 from .service import (
     DeployArgs,
     DeployResult,
@@ -555,7 +555,7 @@ def encode_log_lines(lines: list[LogLine], limit: int = 4000) -> list[str]:
     current: list[str] = []
     size = 0
     for line in lines:
-        stamp = line.time.isoformat() if line.time is not None else "-"
+        stamp = wire_time(line.time) if line.time is not None else "-"
         item = f"{stamp} {line.text}"
         if len(item) > limit:
             item = item[: limit - 1] + "…"

@@ -355,14 +355,14 @@ async def test_nats_restart_under_a_stream_of_requests(nats_server: NatsServer, 
             await until(
                 "agents disconnected and requests failing",
                 lambda: (
-                    all(a._nc is not None and not a._nc.is_connected for a in agents.values())
+                    all(not a.connection.is_connected for a in agents.values())
                     and len(stream.outcomes) >= during + 3
                 ),
             )
             await asyncio.to_thread(nats_server.start)
             await until(
                 "every agent reconnected",
-                lambda: all(a._nc is not None and a._nc.is_connected for a in agents.values()),
+                lambda: all(a.connection.is_connected for a in agents.values()),
             )
             after = stream.answered_by_all()
             await until(
@@ -434,7 +434,7 @@ async def test_a_fleet_outlives_a_nats_restart(nats_server: NatsServer) -> None:
         await until("an outage of 2s", lambda: fleet.nc.is_closed or time.monotonic() > end)
         await asyncio.to_thread(nats_server.start)
         await until(
-            "the agent reconnected", lambda: agent._nc is not None and agent._nc.is_connected
+            "the agent reconnected", lambda: agent.connection.is_connected
         )
         result = await fleet.ps(selector=Selector(hosts=(host,)))
         assert result.ok, result.to_json()
@@ -466,7 +466,7 @@ async def test_a_request_in_flight_when_nats_goes_away_is_reported(
         finally:
             engine.release()
             await asyncio.to_thread(nats_server.start)
-            await until("the agent back", lambda: agent._nc is not None and agent._nc.is_connected)
+            await until("the agent back", lambda: agent.connection.is_connected)
 
 
 @pytest.mark.nats
@@ -491,7 +491,7 @@ async def test_shoal_ps_reports_losing_nats_mid_request(nats_server: NatsServer)
             cli = await shown  # it ends by itself, after its -t
             engine.release()
             await asyncio.to_thread(nats_server.start)
-            await until("the agent back", lambda: agent._nc is not None and agent._nc.is_connected)
+            await until("the agent back", lambda: agent.connection.is_connected)
     if "Traceback" in cli.stderr:
         raise KnownBug(cli.stderr[-2000:])
     assert cli.code in (4, 5), (cli.code, cli.stderr)  # missing host, or NATS unreachable

@@ -111,7 +111,7 @@ async def start() -> Agent:
 
 agent = asyncio.run(start())
 lazy = {lazy!r}
-print("probed", agent._docker.reachable, "recovered", agent._recovered)
+print("probed", agent.docker_reachable, "recovered", agent._recovered)
 print("idle", sorted(m for m in lazy if m in sys.modules))
 agent.policy, agent.keep_rules, agent.deployer
 import shoal.agent.handlers

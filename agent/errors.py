@@ -1,0 +1,20 @@
+"""Why an agent cannot start: errors of the agent's own lifecycle."""
+
+from __future__ import annotations
+
+from shoal.protocol import ShoalError
+
+
+class AgentStartError(ShoalError):
+    """The agent cannot start (bad configuration, host id already in use, …)."""
+
+
+class AgentConfigError(AgentStartError):
+    """The agent's configuration is incomplete or contradictory (a usage error)."""
+
+
+class AgentStopped(AgentStartError):
+    """The agent was asked to stop before it had started."""
+
+
+__all__ = ["AgentConfigError", "AgentStartError", "AgentStopped"]

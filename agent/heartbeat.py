@@ -1,0 +1,164 @@
+"""This host's facts, whether its engine answers, the heartbeat and the health file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from shoal.protocol import (
+    PROTOCOL_VERSION,
+    AgentFacts,
+    DockerFacts,
+    EventKind,
+    ShoalError,
+    Subjects,
+    normalize_arch,
+    sanitize_host_id,
+    utcnow,
+)
+
+from .calls import EngineCalls
+from .config import AgentSettings
+from .connection import AgentConnection
+from .engine import Engine, EngineInfo
+from .events import Events
+from .health import Health, write_health
+from .identity import Identity
+
+log = logging.getLogger("shoal.agent")
+
+ENGINE_PROBE_TIMEOUT = 5.0
+
+
+class Heartbeat:
+    """Keeps this host's facts current and publishes them, and the health file, on a beat."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        identity: Identity,
+        engine: Engine,
+        calls: EngineCalls,
+        connection: AgentConnection,
+        events: Events,
+        subjects: Subjects,
+        *,
+        insecure: bool,
+    ) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._engine = engine
+        self._calls = calls
+        self._connection = connection
+        self._events = events
+        self._subjects = subjects
+        self._insecure = insecure
+        self.engine_info: EngineInfo | None = None
+        self.docker = DockerFacts(reachable=False, error="not probed yet")
+        self.health_file: Path | None = None
+
+    async def probe_engine(self) -> None:
+        """Refresh Docker reachability, publishing an event when it changes."""
+        was = self.docker.reachable
+        try:
+            if self.engine_info is None or not was:
+                self.engine_info = await self._calls.run(
+                    self._engine.info, timeout=ENGINE_PROBE_TIMEOUT
+                )
+            else:
+                await self._calls.run(self._engine.ping, timeout=ENGINE_PROBE_TIMEOUT)
+        except ShoalError as exc:
+            self.docker = DockerFacts(reachable=False, error=exc.message)
+            if was:
+                log.warning("Docker engine lost: %s", exc.message)
+                await self._events.publish(EventKind.ENGINE_LOST, exc.message)
+            return
+        info = self.engine_info
+        self.docker = DockerFacts(
+            reachable=True, version=info.version, api_version=info.api_version
+        )
+        if not was and self._connection.is_open:
+            log.info("Docker engine reachable (version %s)", info.version)
+            await self._events.publish(EventKind.ENGINE_REGAINED, f"Docker {info.version}")
+
+    def default_host_id(self) -> str:
+        """The engine's host name, else this machine's, as a valid host id."""
+        if self.engine_info is not None and self.engine_info.name:
+            return sanitize_host_id(self.engine_info.name)
+        name = socket.gethostname()
+        log.warning(
+            "Docker engine unreachable; using the local host name %r as host id "
+            "(set --host-id to pin it)",
+            name,
+        )
+        return sanitize_host_id(name)
+
+    def facts(self, status: str = "online") -> AgentFacts:
+        info = self.engine_info
+        arch, variant = normalize_arch(info.arch if info and info.arch else platform.machine())
+        identity = self._identity
+        return AgentFacts(
+            host_id=identity.host_id,
+            instance=identity.instance,
+            status="leaving" if status == "leaving" else "online",
+            labels=dict(self._settings.labels),
+            arch=arch,
+            variant=variant,
+            os=(info.os if info and info.os else platform.system().lower()),
+            kernel=(info.kernel if info and info.kernel else platform.release()),
+            hostname=socket.gethostname(),
+            docker=self.docker,
+            agent_version=identity.version,
+            protocol_version=PROTOCOL_VERSION,
+            started_at=identity.started_at,
+            sent_at=utcnow(),
+            heartbeat_interval=self._settings.heartbeat_interval,
+            insecure=self._insecure,
+        )
+
+    async def current_facts(self) -> AgentFacts:
+        await self.probe_engine()
+        return self.facts()
+
+    def write_health(self, status: str) -> None:
+        if self.health_file is None:
+            return
+        try:
+            write_health(
+                self.health_file,
+                Health(
+                    host_id=self._identity.host_id,
+                    connected=self._connection.is_connected,
+                    docker_reachable=self.docker.reachable,
+                    status=status,
+                    updated_at=utcnow(),
+                    heartbeat_interval=self._settings.heartbeat_interval,
+                ),
+            )
+        except OSError as exc:
+            log.warning("cannot write the health file %s: %s", self.health_file, exc)
+
+    async def publish(self, status: str = "online") -> None:
+        """One heartbeat: the health file, then the facts on this host's heartbeat subject."""
+        self.write_health(status)
+        await self._connection.publish(
+            self._subjects.heartbeat(self._identity.host_id),
+            self.facts(status).model_dump_json().encode(),
+            what="a heartbeat",
+        )
+
+    async def run(self, housekeeping: Callable[[], Awaitable[None]]) -> None:
+        """Probe, beat and keep house every heartbeat interval, until cancelled."""
+        interval = self._settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.probe_engine()
+                await self.publish()
+                await housekeeping()
+            except OSError as exc:
+                log.warning("heartbeat failed: %s", exc)
