@@ -42,6 +42,7 @@ from shoal.protocol import (
     Verb,
     utcnow,
 )
+from shoal.protocol.envelope import wire_time
 from tests.fakes import FAKE_INFO, FakeEngine, make_container
 from tests.stack import NatsServer
 
@@ -375,6 +376,9 @@ async def test_bad_arguments_are_bad_request(
     error = refused(reply, ErrorCode.BAD_REQUEST)
     assert reply.id == request.id
     assert f"invalid arguments for {verb}" in error.message
+    # Machine-readable, as an invalid envelope's: pydantic's error list, JSON-safe.
+    errors = error.detail["errors"]
+    assert errors and all({"type", "loc", "msg"} <= set(e) for e in errors)
     assert "list_containers" not in engine.calls
     await assert_serves(nc, agent)
 
@@ -402,7 +406,10 @@ async def test_expired_request_is_refused(nc: NATS, agent: Agent, engine: FakeEn
     reply = await ask(nc, SUBJECTS.host(agent.host_id, Verb.PS), request)
     error = refused(reply, ErrorCode.EXPIRED)
     assert reply.id == request.id
-    assert error.detail["expires_at"] == request.expires_at.isoformat()
+    # The one RFC 3339 form of the wire, as replies write their own times.
+    assert error.detail["expires_at"] == wire_time(request.expires_at)
+    assert error.detail["expires_at"].endswith("Z")
+    assert error.detail["agent_time"].endswith("Z")
     assert "list_containers" not in engine.calls
     await assert_serves(nc, agent)
 
