@@ -433,9 +433,7 @@ async def test_a_fleet_outlives_a_nats_restart(nats_server: NatsServer) -> None:
         end = time.monotonic() + 2.0
         await until("an outage of 2s", lambda: fleet.nc.is_closed or time.monotonic() > end)
         await asyncio.to_thread(nats_server.start)
-        await until(
-            "the agent reconnected", lambda: agent.connection.is_connected
-        )
+        await until("the agent reconnected", lambda: agent.connection.is_connected)
         result = await fleet.ps(selector=Selector(hosts=(host,)))
         assert result.ok, result.to_json()
 
