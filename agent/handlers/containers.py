@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -34,8 +33,6 @@ from shoal.protocol.service import SERVICE_NAME_PATTERN
 from ..context import Handler, RequestContext
 from ..deploy import _current_container
 from ..engine import ContainerState
-
-log = logging.getLogger("shoal.agent")
 
 
 async def handle_ps(ctx: RequestContext, args: PsArgs) -> BaseModel:
@@ -128,7 +125,6 @@ async def _stop_timeout(ctx: RequestContext, container: ContainerState, given: i
 
 
 async def handle_start(ctx: RequestContext, args: StartArgs) -> BaseModel:
-
     async def act(container: ContainerState) -> None:
         await ctx.calls.run(ctx.engine.start_container, container.id)
 
@@ -136,31 +132,29 @@ async def handle_start(ctx: RequestContext, args: StartArgs) -> BaseModel:
 
 
 async def handle_stop(ctx: RequestContext, args: StopArgs) -> BaseModel:
-
-    async def act(container: ContainerState) -> None:
-        timeout = await _stop_timeout(ctx, container, args.timeout)
-        async with ctx.keepalive("stop", f"stopping {container.name}"):
-            await ctx.calls.run(
-                ctx.engine.stop_container, container.id, timeout, timeout=timeout + 30
-            )
-
-    return await _container_action(ctx, "stop", args.target, act)
+    return await _stop_or_restart(ctx, "stop", args.target, args.timeout)
 
 
 async def handle_restart(ctx: RequestContext, args: RestartArgs) -> BaseModel:
+    return await _stop_or_restart(ctx, "restart", args.target, args.timeout)
+
+
+async def _stop_or_restart(
+    ctx: RequestContext, action: Literal["stop", "restart"], target: str, given: int | None
+) -> ContainerActionResult:
+    """Stop or restart with the container's own grace period unless one is given."""
+    call = ctx.engine.stop_container if action == "stop" else ctx.engine.restart_container
+    doing = "stopping" if action == "stop" else "restarting"
 
     async def act(container: ContainerState) -> None:
-        timeout = await _stop_timeout(ctx, container, args.timeout)
-        async with ctx.keepalive("restart", f"restarting {container.name}"):
-            await ctx.calls.run(
-                ctx.engine.restart_container, container.id, timeout, timeout=timeout + 30
-            )
+        timeout = await _stop_timeout(ctx, container, given)
+        async with ctx.keepalive(action, f"{doing} {container.name}"):
+            await ctx.calls.run(call, container.id, timeout, timeout=timeout + 30)
 
-    return await _container_action(ctx, "restart", args.target, act)
+    return await _container_action(ctx, action, target, act)
 
 
 async def handle_rm(ctx: RequestContext, args: RmArgs) -> BaseModel:
-
     async def act(container: ContainerState) -> None:
         await ctx.calls.run(
             functools.partial(ctx.engine.delete_container, force=args.force, volumes=args.volumes),

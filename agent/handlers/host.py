@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from pydantic import BaseModel
@@ -19,8 +18,6 @@ from shoal.protocol import (
 
 from ..context import Handler, RequestContext
 from ..streams import container_event
-
-log = logging.getLogger("shoal.agent")
 
 
 async def handle_ping(ctx: RequestContext, args: PingArgs) -> BaseModel:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import BaseModel
 
 from shoal.protocol import (
@@ -22,8 +20,6 @@ from shoal.protocol import (
 
 from ..context import Handler, RequestContext
 from ..prune import PrunePlan, Removal, disk_usage, plan_prune
-
-log = logging.getLogger("shoal.agent")
 
 
 async def handle_df(ctx: RequestContext, args: DfArgs) -> BaseModel:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import BaseModel
 
 from shoal.protocol import (
@@ -17,8 +15,6 @@ from shoal.protocol import (
 
 from ..context import Handler, RequestContext
 from ..deploy import Deployer
-
-log = logging.getLogger("shoal.agent")
 
 
 def deployer(ctx: RequestContext) -> Deployer:
