@@ -37,6 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
+from tests.poll import poll
+
 if TYPE_CHECKING:
     import docker
 
@@ -172,26 +174,22 @@ def _wait_until(
     log: Path | None = None,
 ) -> None:
     """Poll ``probe`` until it returns True; raise StackError with the log tail if not."""
-    end = time.monotonic() + deadline
-    last_error: BaseException | None = None
-    while True:
-        if process is not None and process.poll() is not None:
-            reason = f"{what}: process {process.pid} exited with code {process.returncode}"
-            break
-        try:
-            if probe():
-                return
-        except Exception as exc:  # the probe failing is what we wait out
-            last_error = exc
-        if time.monotonic() >= end:
-            reason = f"{what}: not ready after {deadline:.0f} s"
-            if last_error is not None:
-                reason += f" (last error: {last_error!r})"
-            break
-        time.sleep(_POLL)
-    if log is not None:
-        reason += f"\n--- last lines of {log} ---\n{_log_tail(log)}"
-    raise StackError(reason)
+
+    def exited() -> str | None:
+        if process is None or process.poll() is None:
+            return None
+        return f"process {process.pid} exited with code {process.returncode}"
+
+    poll(
+        what,
+        probe,
+        deadline,
+        interval=_POLL,
+        ignore=(Exception,),  # the probe failing is what we wait out
+        abort=exited,
+        context=(lambda: f"--- last lines of {log} ---\n{_log_tail(log)}") if log else None,
+        failure=StackError,
+    )
 
 
 def _spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:

@@ -9,8 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import nats.errors
 
 from shoal.agent.trust import TrustEntry, render_trust
 from shoal.protocol import Request, Role, Signer, Subjects, Target, Verb
+from tests.poll import poll
 
 READY_DEADLINE = 15.0
 STOP_DEADLINE = 10.0
@@ -123,19 +122,23 @@ class AgentProcess:
         return dict(os.environ)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_deadline
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"agent {self.host_id} exited with {self.process.returncode}:\n{self.log()}"
-                )
-            if asyncio.run(ping_host(self.server, self.host_id, timeout=0.5)) is not None:
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(
-            f"agent {self.host_id} not ready in {self.ready_deadline}s:\n{self.log()}"
-        )
+        def exited() -> str | None:
+            if self.process is None or self.process.poll() is None:
+                return None
+            return f"it exited with {self.process.returncode}"
+
+        try:
+            poll(
+                f"agent {self.host_id} to answer a ping",
+                lambda: asyncio.run(ping_host(self.server, self.host_id, timeout=0.5)),
+                self.ready_deadline,
+                abort=exited,
+                context=self.log,
+                failure=RuntimeError,
+            )
+        except RuntimeError:
+            self.stop()
+            raise
 
     def log(self) -> str:
         try:
@@ -193,16 +196,6 @@ def write_trust(path: Path, keys: list[tuple[SessionKey, Role]]) -> Path:
         render_trust([TrustEntry(name=k.name, key=k.signer.public_key, role=r) for k, r in keys])
     )
     return path
-
-
-def poll(what: str, check: Callable[[], bool], deadline: float = 20.0) -> None:
-    """Poll ``check`` until true, failing loudly at the deadline."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
 @dataclass

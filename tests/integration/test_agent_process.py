@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
-from tests.integration.agents import AgentProcess, poll, run_shoal
+from tests.integration.agents import AgentProcess, run_shoal
+from tests.poll import poll
 from tests.stack import NatsServer, free_port
 
 pytestmark = pytest.mark.nats

@@ -33,8 +33,9 @@ from shoal.controller.registry import AgentRecord
 from shoal.controller.result import FleetResult
 from shoal.protocol import AgentFacts, NatsOptions, Selector, Signer
 from tests.conftest import require
-from tests.integration.agents import AgentProcess, poll
+from tests.integration.agents import AgentProcess
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.rootfs import (
     CHROOT_ENV,
     RootfsError,

@@ -30,6 +30,7 @@ from shoal.protocol import (
     VolumeSpec,
 )
 from tests.integration.conftest import Keys
+from tests.poll import apoll
 from tests.stack import TEST_LABEL, DockerEngine, NatsServer, Registry, busybox_rootfs_tar
 
 pytestmark = pytest.mark.engine
@@ -187,13 +188,18 @@ async def test_start_first_with_a_fixed_host_port_is_refused(
 
 
 async def test_one_operation_per_service_at_a_time(
-    fleet: Fleet, app_images: dict[str, str], service: str
+    fleet: Fleet, app_images: dict[str, str], engines: list[DockerEngine], service: str
 ) -> None:
     slow = DeployArgs(service=spec(service, app_images["v1"]), monitor=3.0)
     first = asyncio.create_task(
         fleet.request(Verb.DEPLOY, slow, selector=Selector(hosts=("host-b",)))
     )
-    await asyncio.sleep(0.5)  # let the first one start: it runs for seconds
+
+    async def first_created() -> bool:
+        return bool(await asyncio.to_thread(containers_of, engines[1], service))
+
+    # Its container exists: the first deploy holds the service for its 3 s monitor window.
+    await apoll("the first deploy's container", first_created)
     second = await fleet.request(Verb.DEPLOY, slow, selector=Selector(hosts=("host-b",)))
     assert second.errors["host-b"].code == "conflict"
     assert (await first).ok

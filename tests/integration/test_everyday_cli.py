@@ -13,7 +13,6 @@ import signal
 import subprocess
 import tarfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,9 @@ import docker
 import pytest
 
 from shoal.agent import __version__ as agent_version
-from tests.integration.agents import AgentProcess, CliResult, _script, poll, run_shoal
+from tests.integration.agents import AgentProcess, CliResult, _script, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, free_port
 
 pytestmark = pytest.mark.engine
@@ -116,16 +116,18 @@ class Streaming:
         return [json.loads(line) for line in list(self.stdout) if line.strip()]
 
     def wait_for(self, what: str, check: Any, deadline: float = STREAM_DEADLINE) -> None:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if check():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(
-            f"timed out waiting for {what}; exit {self.process.poll()}\n"
-            f"stdout: {''.join(self.stdout)[-3000:]}\nstderr: {''.join(self.stderr)[-3000:]}"
+        def exited() -> str | None:
+            code = self.process.poll()
+            return None if code is None or check() else f"the command exited with {code}"
+
+        poll(
+            what,
+            check,
+            deadline,
+            abort=exited,
+            context=lambda: (
+                f"stdout: {''.join(self.stdout)[-3000:]}\nstderr: {''.join(self.stderr)[-3000:]}"
+            ),
         )
 
     def interrupt(self, deadline: float = 15.0) -> int:

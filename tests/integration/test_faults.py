@@ -76,6 +76,7 @@ from shoal.protocol import (
 from tests.fakes import FakeEngine, make_container
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import apoll
 from tests.stack import TEST_LABEL, DockerEngine, NatsServer
 
 SUBJECTS = Subjects()
@@ -93,25 +94,6 @@ class KnownBug(AssertionError):
 def new_host_id(name: str) -> str:
     cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "test"
     return f"fault-{cleaned}-{secrets.token_hex(3)}"
-
-
-async def until(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    """Poll ``check`` on the event loop until true; fail loudly at the deadline."""
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def until_async(
-    what: str, check: Callable[[], Awaitable[bool]], deadline: float = DEADLINE
-) -> None:
-    end = time.monotonic() + deadline
-    while not await check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class MarkingEngine(FakeEngine):
@@ -259,7 +241,7 @@ async def nats_outage(nats_server: NatsServer) -> AsyncIterator[None]:
         async def back() -> bool:
             return await _responding(nc, before) == before
 
-        await until_async("every agent answering again after the outage", back)
+        await apoll("every agent answering again after the outage", back)
 
 
 @dataclass
@@ -346,13 +328,13 @@ async def test_nats_restart_under_a_stream_of_requests(nats_server: NatsServer, 
         stream = Stream(nats_server, hosts, keys.admin.signer)
         lanes = [asyncio.create_task(stream.run(lane)) for lane in range(3)]
         try:
-            await until(
+            await apoll(
                 "requests answered before the restart", lambda: stream.answered_by_all() >= 5
             )
             await asyncio.to_thread(nats_server.stop)
             # Down until every agent noticed and the stream sent requests into the outage.
             during = len(stream.outcomes)
-            await until(
+            await apoll(
                 "agents disconnected and requests failing",
                 lambda: (
                     all(not a.connection.is_connected for a in agents.values())
@@ -360,12 +342,12 @@ async def test_nats_restart_under_a_stream_of_requests(nats_server: NatsServer, 
                 ),
             )
             await asyncio.to_thread(nats_server.start)
-            await until(
+            await apoll(
                 "every agent reconnected",
                 lambda: all(a.connection.is_connected for a in agents.values()),
             )
             after = stream.answered_by_all()
-            await until(
+            await apoll(
                 "requests answered after the restart", lambda: stream.answered_by_all() >= after + 5
             )
         finally:
@@ -426,14 +408,14 @@ async def test_a_fleet_outlives_a_nats_restart(nats_server: NatsServer) -> None:
         Fleet(NatsOptions(servers=nats_server.url), timeout=3.0) as fleet,
     ):
         await fleet.registry()
-        await until_async("the host in the registry", _online(fleet, host))
+        await apoll("the host in the registry", _online(fleet, host))
         assert (await fleet.ps(selector=Selector(hosts=(host,)))).ok
         await asyncio.to_thread(nats_server.stop)
         # A restart as long as a JetStream recovery takes: 2 s, or until the Fleet gives up.
         end = time.monotonic() + 2.0
-        await until("an outage of 2s", lambda: fleet.nc.is_closed or time.monotonic() > end)
+        await apoll("an outage of 2s", lambda: fleet.nc.is_closed or time.monotonic() > end)
         await asyncio.to_thread(nats_server.start)
-        await until("the agent reconnected", lambda: agent.connection.is_connected)
+        await apoll("the agent reconnected", lambda: agent.connection.is_connected)
         result = await fleet.ps(selector=Selector(hosts=(host,)))
         assert result.ok, result.to_json()
 
@@ -449,12 +431,12 @@ async def test_a_request_in_flight_when_nats_goes_away_is_reported(
         try:
             async with Fleet(NatsOptions(servers=nats_server.url), timeout=2.0) as fleet:
                 await fleet.registry()
-                await until_async("the host in the registry", _online(fleet, host))
+                await apoll("the host in the registry", _online(fleet, host))
                 engine.hold()  # the request is inside the engine when NATS goes
                 asking = asyncio.create_task(fleet.ps(selector=Selector(hosts=(host,))))
                 assert await asyncio.to_thread(engine.wait_active, 1, REPLY_WAIT)
                 await asyncio.to_thread(nats_server.stop)
-                await until("the Fleet's connection lost", lambda: not fleet.nc.is_connected)
+                await apoll("the Fleet's connection lost", lambda: not fleet.nc.is_connected)
                 try:
                     result = await asyncio.wait_for(asking, DEADLINE)
                 except ShoalError as exc:  # a typed error is a fine report too
@@ -464,7 +446,7 @@ async def test_a_request_in_flight_when_nats_goes_away_is_reported(
         finally:
             engine.release()
             await asyncio.to_thread(nats_server.start)
-            await until("the agent back", lambda: agent.connection.is_connected)
+            await apoll("the agent back", lambda: agent.connection.is_connected)
 
 
 @pytest.mark.nats
@@ -475,7 +457,7 @@ async def test_shoal_ps_reports_losing_nats_mid_request(nats_server: NatsServer)
     async with in_process_agent(nats_server, host, engine) as agent:
         async with Fleet(NatsOptions(servers=nats_server.url)) as fleet:
             await fleet.registry()
-            await until_async("the host in the registry", _online(fleet, host))
+            await apoll("the host in the registry", _online(fleet, host))
         engine.hold()
         shown = asyncio.create_task(
             asyncio.to_thread(
@@ -489,7 +471,7 @@ async def test_shoal_ps_reports_losing_nats_mid_request(nats_server: NatsServer)
             cli = await shown  # it ends by itself, after its -t
             engine.release()
             await asyncio.to_thread(nats_server.start)
-            await until("the agent back", lambda: agent.connection.is_connected)
+            await apoll("the agent back", lambda: agent.connection.is_connected)
     if "Traceback" in cli.stderr:
         raise KnownBug(cli.stderr[-2000:])
     assert cli.code in (4, 5), (cli.code, cli.stderr)  # missing host, or NATS unreachable
@@ -522,7 +504,7 @@ async def test_agent_stops_cleanly_while_nats_is_down(
             return not doc["connected"] and datetime.fromisoformat(doc["updated_at"]) > stopped
 
         # A heartbeat attempted while disconnected leaves data pending in the client.
-        await until("a heartbeat while disconnected", heartbeat_while_down)
+        await apoll("a heartbeat while disconnected", heartbeat_while_down)
         code = await asyncio.to_thread(agent.stop)  # SIGTERM
     finally:
         await asyncio.to_thread(nats_server.start)
@@ -560,7 +542,7 @@ async def test_a_request_lost_on_the_way_is_reported_as_never_received(
     try:
         await asyncio.to_thread(agent.start)
         async with Fleet(NatsOptions(servers=nats_server.url)) as fleet:
-            await until_async("the host in the registry", _online(fleet, host))
+            await apoll("the host in the registry", _online(fleet, host))
         delivered = await asyncio.to_thread(_messages_sent_to, nats_server, host)
         os.kill(agent.pid, signal.SIGSTOP)  # it still holds its subscriptions, reads nothing
         shown = asyncio.create_task(
@@ -568,7 +550,7 @@ async def test_a_request_lost_on_the_way_is_reported_as_never_received(
                 run_shoal, "ps", "-H", host, "-t", "8", server=nats_server.url, timeout=60
             )
         )
-        await until_async(
+        await apoll(
             "the request delivered to the stopped agent",
             lambda: _more_than(delivered, _messages_sent_to, nats_server, host),
         )
@@ -765,17 +747,17 @@ async def test_engine_stopped_and_restarted_under_load(
 
         lanes = [asyncio.create_task(load()) for _ in range(4)]
         try:
-            await until("ps answered with the engine up", lambda: count("up", True) >= 4)
+            await apoll("ps answered with the engine up", lambda: count("up", True) >= 4)
             state["engine"] = "stopping"
             await asyncio.to_thread(engine.stop)
             state["engine"] = "down"
-            await until("requests refused while down", lambda: count("down", False) >= 8)
+            await apoll("requests refused while down", lambda: count("down", False) >= 8)
             facts = await fleet.ping(selector=target)
             assert facts.replies[host].docker.reachable is False, facts.to_json()
             state["engine"] = "starting"
             await asyncio.to_thread(engine.start)
             state["engine"] = "back"
-            await until("ps answered again", lambda: count("back", True) >= 8, deadline=30)
+            await apoll("ps answered again", lambda: count("back", True) >= 8, deadline=30)
         finally:
             stopping.set()
             await asyncio.gather(*lanes)
@@ -842,17 +824,17 @@ async def _flood(nc: NATS, agent: Agent, engine: FakeEngine, count: int) -> dict
             await nc.publish(subject, request.model_dump_json().encode(), reply=inbox)
         await nc.flush()
         admitted = min(count, CONCURRENCY + QUEUE_LIMIT)
-        await until(
+        await apoll(
             "the overflow refused while the admitted wait",
             lambda: total[0] >= count - admitted and agent._pending == admitted,
         )
         assert total[0] == count - admitted  # nothing admitted has finished: the engine holds
         engine.release()
-        await until("every request answered", lambda: total[0] >= count)
+        await apoll("every request answered", lambda: total[0] >= count)
         await settle(agent)
         # Whatever the agent sent before this ping's reply has reached us by now.
         assert await answers_ping(nc, host)
-        await until("the replies read", lambda: sub.pending_msgs == 0)
+        await apoll("the replies read", lambda: sub.pending_msgs == 0)
         assert total[0] == count
     finally:
         engine.release()

@@ -45,8 +45,9 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from tests.integration.agents import CliResult, ping_host, poll, run_shoal
+from tests.integration.agents import CliResult, ping_host, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.rootfs import (
     RootfsError,
     debian_rootfs,

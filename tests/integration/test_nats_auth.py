@@ -18,8 +18,9 @@ from nats.aio.client import Client as NATS
 from shoal.controller.enroll import controller_user, enroll_host, render_users_conf
 from shoal.protocol import Role, Signer, Subjects, nkey
 from shoal.protocol.connection import is_auth_error
-from tests.integration.agents import AgentProcess, poll, run_shoal
+from tests.integration.agents import AgentProcess, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.stack import NatsServer, free_port
 
 pytestmark = pytest.mark.nats

@@ -4,7 +4,6 @@ verb's result are validated together, and an invalid reply is still reported for
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from shoal.protocol import (
     utcnow,
 )
 from tests.factories import heartbeat
+from tests.poll import apoll
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats
@@ -160,10 +160,11 @@ async def test_every_targeted_host_is_answered_or_reported_with_invalid_reply(
             for host in ANSWERING:
                 await nc.publish(SUBJECTS.heartbeat(host), heartbeat(host))
             await nc.flush()
-            for _ in range(100):
-                if len(await fleet.agents()) == len(ANSWERING):
-                    break
-                await asyncio.sleep(0.05)
+
+            async def all_known() -> bool:
+                return len(await fleet.agents()) == len(ANSWERING)
+
+            await apoll("every answering host in the registry", all_known, 5.0, interval=0.05)
             result = await fleet.ps(selector=Selector(hosts=tuple(ANSWERING)))
     finally:
         await nc.close()

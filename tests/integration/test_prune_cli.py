@@ -12,7 +12,8 @@ import docker
 import docker.types
 import pytest
 
-from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
+from tests.integration.agents import AgentProcess, CliResult, run_shoal
+from tests.poll import poll
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer
 
 pytestmark = pytest.mark.engine

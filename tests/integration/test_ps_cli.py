@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
+from tests.integration.agents import AgentProcess, CliResult, run_shoal
+from tests.poll import poll
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, free_port
 
 pytestmark = pytest.mark.engine

@@ -3,7 +3,6 @@ ordered-consumer fallback for a stream without direct gets; both give the same r
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -17,6 +16,7 @@ import shoal.controller.registry as registry_module
 from shoal.controller.registry import Registry, registry_stream_name
 from shoal.protocol import Subjects, utcnow
 from tests.factories import heartbeat
+from tests.poll import apoll
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats
@@ -46,12 +46,11 @@ async def fill(nc: NATS, subjects: Subjects, count: int) -> list[str]:
 
 
 async def settled(registry: Registry, expected: int) -> None:
-    for _ in range(100):
+    async def arrived() -> bool:
         info = await registry.js.stream_info(registry.stream)
-        if info.state.messages >= expected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the heartbeats did not reach the stream")
+        return info.state.messages >= expected
+
+    await apoll("the heartbeats to reach the stream", arrived, 5.0, interval=0.05)
 
 
 def check(records: list[registry_module.AgentRecord], hosts: list[str]) -> None:

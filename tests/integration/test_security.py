@@ -19,8 +19,9 @@ import nats
 import pytest
 
 from shoal.protocol import Reply, Request, Role, Signer, Subjects, Target, utcnow
-from tests.integration.agents import AgentProcess, SessionKey, poll, run_shoal, write_trust
+from tests.integration.agents import AgentProcess, SessionKey, run_shoal, write_trust
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer
 
 pytestmark = pytest.mark.engine

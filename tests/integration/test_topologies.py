@@ -13,10 +13,9 @@ import asyncio
 import json
 import os
 import re
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +25,9 @@ from nats.aio.msg import Msg
 
 from shoal.controller.enroll import controller_user, enroll_host, render_users_conf
 from shoal.protocol import Role, Subjects
-from tests.integration.agents import AgentProcess, CliResult, poll, run_shoal
+from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.stack import NatsServer, free_port, remove_tree, short_tempdir, start_all
 
 pytestmark = pytest.mark.nats
@@ -39,18 +39,6 @@ NO_DOCKER = "unix:///nonexistent.sock"
 DEADLINE = 30.0
 
 T = TypeVar("T")
-
-
-def poll_for(what: str, probe: Callable[[], T | None], deadline: float = DEADLINE) -> T:
-    """Call ``probe`` until it returns something other than None, and return that."""
-    end = time.monotonic() + deadline
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def rewrite(text: str, old: str, new: str, *, count: int = 1) -> str:
@@ -211,7 +199,7 @@ def test_cluster_routes_requests_and_agents_fail_over(workdir: Path, keys: Keys)
         (third,) = [server for server in servers if server not in (home_a, home_b)]
 
         hosts = ["cluster-a", "cluster-b"]
-        doc = poll_for(
+        doc = poll(
             "shoal ps through the third server to reach both agents",
             lambda: ps_reaches(third, hosts),
         ).json()
@@ -225,7 +213,7 @@ def test_cluster_routes_requests_and_agents_fail_over(workdir: Path, keys: Keys)
             lambda: server_of("cluster-a", servers) not in (None, home_a),
             DEADLINE,
         )
-        poll_for(
+        poll(
             "shoal ps to reach both agents after a server stopped",
             lambda: ps_reaches(third, hosts),
         )
@@ -430,7 +418,7 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         pids = [agent.pid for agent in agents]
 
         # The whole fleet answers the controller on the hub, and is registered there.
-        poll_for("shoal ps on the hub to reach every agent", lambda: ps_reaches(hub, hosts))
+        poll("shoal ps on the hub to reach every agent", lambda: ps_reaches(hub, hosts))
         poll(
             "every agent online in the hub's registry",
             lambda: registry_states(hub) == dict.fromkeys(hosts, "online"),
@@ -478,7 +466,7 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         )
         assert [agent.pid for agent in agents] == pids
         assert all(agent.process is not None and agent.process.poll() is None for agent in agents)
-        after = poll_for(
+        after = poll(
             "shoal ps on the hub to reach every agent after the restart",
             lambda: ps_reaches(hub, hosts),
         ).json()
@@ -493,13 +481,13 @@ def test_restarting_the_leaf_node_loses_nothing(workdir: Path, keys: Keys) -> No
         # per host for its request id. A second request is the barrier: once each host
         # audited it, a late duplicate of the first (published earlier on the same
         # connection) would have been recorded already.
-        first = poll_for(
+        first = poll(
             "every host to audit the request sent after the restart",
             lambda: audited_by_all(hub, after["request_id"], hosts),
         )
         barrier = ps_reaches(hub, hosts)
         assert barrier is not None, "the fleet stopped answering"
-        poll_for(
+        poll(
             "every host to audit the barrier request",
             lambda: audited_by_all(hub, barrier.json()["request_id"], hosts),
         )
@@ -601,7 +589,7 @@ def test_leaf_with_the_commented_authorization_and_enrolled_users(
             doc: dict[str, Any] = result.json()
             return doc if "edge-board" in doc["errors"] else None
 
-        doc = poll_for("the agent on the leaf to answer the controller on the hub", answered)
+        doc = poll("the agent on the leaf to answer the controller on the hub", answered)
         assert doc["errors"]["edge-board"]["code"] == "docker_unavailable"
         listed = run_shoal(*nkey, "agents", "--json", server=hub.url)
         assert [a["host_id"] for a in listed.json()["agents"]] == ["edge-board"]
