@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.controller.compose import ComposeError, ComposeProject, _substitute, load_compose
+from shoal.controller.compose import ComposeError, ComposeProject, load_compose
+from shoal.controller.compose.interpolation import substitute
 from shoal.controller.errors import FleetError
 from shoal.protocol import (
     ErrorCode,
@@ -729,7 +730,7 @@ def test_interpolation_reaches_every_kind_of_value(tmp_path: Path) -> None:
 
 @given(st.text())
 def test_doubled_dollars_give_back_any_text(text: str) -> None:
-    assert _substitute(text.replace("$", "$$"), lambda _: None, lambda _: None) == text
+    assert substitute(text.replace("$", "$$"), lambda _: None, lambda _: None) == text
 
 
 # --- ports --------------------------------------------------------------------------

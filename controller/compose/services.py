@@ -1,35 +1,23 @@
-"""Compose files: read one into the ServiceSpecs that ``shoal deploy -f`` sends to hosts.
+"""Reading the services of a compose file into ServiceSpecs and rollout defaults.
 
-Shoal reads the part of the compose specification that maps onto one container of a
-service per host. Everything else a file sets is an error naming the key, never
-silently ignored; ``x-`` extension fields are ignored as the specification says, and
-``version`` and ``name`` are ignored at the top level.
-
-YAML is read with YAML 1.2 scalars (as Docker Compose does): ``no``, ``on`` and
-``off`` are strings, ``22:22`` is a string, not a base-60 number, and a key given twice
-in one mapping is an error. Variables are interpolated in every string value (never
-in keys) as Compose does, from the given environment plus a ``.env`` file next to the
-compose file (the environment wins).
+Every key a service may set is in the tables below; a key outside them is an error
+naming it, and ``x-`` keys are ignored.
 """
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import math
-import os
 import posixpath
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from pydantic import ValidationError
 
-from shoal.protocol.errors import ErrorCode
 from shoal.protocol.service import (
     SERVICE_NAME_PATTERN,
     FailureAction,
@@ -41,381 +29,22 @@ from shoal.protocol.service import (
     VolumeSpec,
 )
 
-from .errors import FleetError
-
-__all__ = ["ComposeError", "ComposeProject", "load_compose"]
-
-
-class ComposeError(FleetError):
-    """A compose file Shoal cannot read or deploy; the message names the file and key."""
-
-    code = ErrorCode.BAD_REQUEST
-
-
-@dataclass
-class ComposeProject:
-    """A compose file read for deploy: services in depends_on order, rollout defaults.
-
-    ``update_config`` and ``rollback_config`` hold an entry only for services whose
-    ``deploy`` sets one. ``warnings`` name variables that were not set and were
-    replaced by an empty string (Compose warns about those too).
-    """
-
-    path: Path
-    services: list[ServiceSpec]
-    update_config: dict[str, RolloutConfig] = field(default_factory=dict)
-    rollback_config: dict[str, RolloutConfig] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.services]
-
-
-# --- YAML ---------------------------------------------------------------------------
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core-schema scalars, as Docker Compose reads files."""
-
-    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 (PyYAML's class registry)
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
+from .dotenv import parse_dotenv
+from .interpolation import TemplateError, substitute
+from .ordering import order_services
+from .project import ComposeError
+from .values import (
+    FALSE_WORDS,
+    PORT_RANGE,
+    RESTART_POLICIES,
+    TRUE_WORDS,
+    VOLUME_NAME,
+    model_error,
+    parse_bytes,
+    parse_duration,
+    type_name,
 )
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-    list("-+0123456789"),
-)
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+.0123456789"),
-)
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
-)
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    assert isinstance(node, yaml.ScalarNode)
-    text = str(loader.construct_scalar(node))
-    if text.startswith("0o"):
-        return int(text[2:], 8)
-    if text.startswith("0x"):
-        return int(text[2:], 16)
-    return int(text, 10)
-
-
-_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _check_duplicate_keys(root: yaml.Node, label: str) -> None:
-    """Refuse a key given twice in one mapping (PyYAML would keep the last silently)."""
-    seen_nodes: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys: set[str] = set()
-            for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
-                    if key_node.value in keys:
-                        line = key_node.start_mark.line + 1
-                        raise ComposeError(
-                            f"{label}: line {line}: key {key_node.value!r} is given twice"
-                        )
-                    keys.add(key_node.value)
-                stack.extend((key_node, value_node))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def _load_yaml(text: str, label: str) -> Any:
-    loader = _YamlLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicate_keys(node, label)
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ComposeError(f"{label}: {where}invalid YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ComposeError(f"{label}: invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-
-
-# --- interpolation ------------------------------------------------------------------
-
-
-class _TemplateError(ValueError):
-    pass
-
-
-_VAR_NAME = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
-
-Lookup = Callable[[str], str | None]
-
-
-def _closing_brace(text: str, start: int) -> int:
-    depth = 1
-    i = start
-    while i < len(text):
-        if text.startswith("$$", i):
-            i += 2
-            continue
-        if text.startswith("${", i):
-            depth += 1
-            i += 2
-            continue
-        if text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
-def _substitute(text: str, lookup: Lookup, on_unset: Callable[[str], None]) -> str:
-    """Compose's interpolation: $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e},
-    ${VAR:+a}, ${VAR+a}, and $$ for a literal $. Defaults nest (``${A:-${B}}``)."""
-    if "$" not in text:
-        return text
-
-    def invalid() -> _TemplateError:
-        return _TemplateError(f"invalid interpolation in {text!r} (write $$ for a literal $)")
-
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        j = text.find("$", i)
-        if j < 0:
-            out.append(text[i:])
-            break
-        out.append(text[i:j])
-        nxt = text[j + 1 : j + 2]
-        if nxt == "$":
-            out.append("$")
-            i = j + 2
-        elif nxt == "{":
-            end = _closing_brace(text, j + 2)
-            if end < 0:
-                raise invalid()
-            out.append(_braced(text[j + 2 : end], lookup, on_unset, invalid))
-            i = end + 1
-        else:
-            match = _VAR_NAME.match(text, j + 1)
-            if match is None:
-                raise invalid()
-            value = lookup(match.group())
-            if value is None:
-                on_unset(match.group())
-                value = ""
-            out.append(value)
-            i = match.end()
-    return "".join(out)
-
-
-def _braced(
-    inner: str,
-    lookup: Lookup,
-    on_unset: Callable[[str], None],
-    invalid: Callable[[], _TemplateError],
-) -> str:
-    match = _VAR_NAME.match(inner)
-    if match is None:
-        raise invalid()
-    name, rest = match.group(), inner[match.end() :]
-    value = lookup(name)
-    if not rest:
-        if value is None:
-            on_unset(name)
-            return ""
-        return value
-    colon = rest.startswith(":")
-    if colon:
-        rest = rest[1:]
-    op, word = rest[:1], rest[1:]
-    if op not in ("-", "+", "?"):
-        raise invalid()
-    present = value is not None and (value != "" or not colon)
-    if op == "-":
-        return value if present and value is not None else _substitute(word, lookup, on_unset)
-    if op == "+":
-        return _substitute(word, lookup, on_unset) if present else ""
-    if present and value is not None:
-        return value
-    message = _substitute(word, lookup, on_unset)
-    raise _TemplateError(
-        f"required variable {name} is missing a value" + (f": {message}" if message else "")
-    )
-
-
-# --- dotenv files -------------------------------------------------------------------
-
-_DOTENV_KEY = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
-_DQ_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"'}
-
-
-def _parse_dotenv(text: str, lookup: Lookup, on_unset: Callable[[str], None]) -> dict[str, str]:
-    """Parse a .env / env_file: ``KEY=VALUE`` lines as Compose reads them.
-
-    Blank lines and ``#`` comments are skipped, ``export`` is allowed before a key,
-    values may be 'single-quoted' (literal) or "double-quoted" (escapes, may span
-    lines); an unquoted value ends at `` #``. Unquoted and double-quoted values are
-    interpolated, looking up ``lookup`` first, then keys set earlier in the file. A
-    bare ``KEY`` takes its value from ``lookup`` and is left out if that has none.
-    Raises ValueError naming the line.
-    """
-    text = text.removeprefix("\ufeff")
-    out: dict[str, str] = {}
-
-    def resolve(name: str) -> str | None:
-        found = lookup(name)
-        return found if found is not None else out.get(name)
-
-    lines = text.split("\n")
-    n = 0
-    while n < len(lines):
-        lineno, line = n + 1, lines[n].lstrip()
-        n += 1
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line.startswith("export ") or line.startswith("export\t"):
-            line = line[len("export") :].lstrip()
-        key, eq, rest = line.partition("=")
-        key = key.strip()
-        if not _DOTENV_KEY.fullmatch(key):
-            raise ValueError(f"line {lineno}: invalid variable name {key!r}")
-        if not eq:
-            found = lookup(key)
-            if found is not None:
-                out[key] = found
-            continue
-        rest = rest.lstrip(" \t")
-        try:
-            if rest[:1] == "'":
-                body, after, n = _quoted(rest, "'", lines, n, lineno)
-                value = body
-            elif rest[:1] == '"':
-                body, after, n = _quoted(rest, '"', lines, n, lineno)
-                value = _substitute(_unescape(body), resolve, on_unset)
-            else:
-                value = re.split(r"[ \t]#", rest, maxsplit=1)[0].rstrip()
-                after = ""
-                value = _substitute(value, resolve, on_unset)
-        except _TemplateError as exc:
-            raise ValueError(f"line {lineno}: {exc}") from None
-        after = after.strip()
-        if after and not after.startswith("#"):
-            raise ValueError(f"line {lineno}: unexpected text after the quoted value of {key}")
-        out[key] = value
-    return out
-
-
-def _quoted(rest: str, quote: str, lines: list[str], n: int, lineno: int) -> tuple[str, str, int]:
-    """The body of a quoted value starting at ``rest`` (which may continue on later lines)."""
-    text = rest[1:]
-    while True:
-        i = 0
-        while i < len(text):
-            if text[i] == "\\" and quote == '"':
-                i += 2
-                continue
-            if text[i] == quote:
-                return text[:i], text[i + 1 :], n
-            i += 1
-        if n >= len(lines):
-            raise ValueError(f"line {lineno}: unterminated {quote}-quoted value")
-        text += "\n" + lines[n]
-        n += 1
-
-
-def _unescape(body: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _DQ_ESCAPES.get(m[1], m[0]), body, flags=re.DOTALL)
-
-
-# --- scalar conversions -------------------------------------------------------------
-
-_TRUE = {"y", "yes", "true", "on"}
-_FALSE = {"n", "no", "false", "off"}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_BYTES = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp])?(i)?b?", re.IGNORECASE)
-_BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
-_PORT_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
-_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-_RESTART = ("no", "always", "on-failure", "unless-stopped")
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _parse_duration(text: str) -> float | None:
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    total, pos = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match[1]) * _DURATION_UNITS[match[2]]
-        pos = match.end()
-    return total if pos == len(text) and pos > 0 else None
-
-
-def _parse_bytes(text: str) -> int | None:
-    match = _BYTES.fullmatch(text.strip())
-    if match is None:
-        return None
-    return int(float(match[1]) * _BYTE_UNITS[(match[2] or "").lower()])
-
-
-def _model_error(exc: ValidationError) -> tuple[str, str]:
-    """(dotted location, message) of a pydantic error, for a ComposeError."""
-    first = exc.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    return loc, str(first["msg"]).removeprefix("Value error, ")
-
-
-# --- the reader ---------------------------------------------------------------------
+from .yamlfile import load_yaml
 
 _TOP_LEVEL_REFUSED = {
     "networks": "not supported by Shoal (services use network_mode)",
@@ -423,6 +52,26 @@ _TOP_LEVEL_REFUSED = {
     "secrets": "not supported by Shoal",
     "include": "not supported by Shoal",
 }
+# Keys read by one reader each into the ServiceSpec field of the same name, when set:
+# adding such a key is one line here (and the field in shoal.protocol.service).
+_OPTIONAL_KEYS: dict[str, str] = {
+    "restart": "restart",
+    "user": "string",
+    "stop_signal": "string",
+    "network_mode": "mode",
+    "pid": "mode",
+    "ipc": "mode",
+    "working_dir": "absolute_path",
+    "mem_limit": "size",
+    "cpus": "number",
+    "privileged": "boolean",
+    "cap_add": "strings",
+    "cap_drop": "strings",
+    "security_opt": "strings",
+    "devices": "devices",
+    "stop_grace_period": "duration",
+}
+# Keys with readers of their own in ServiceReader.service().
 _SERVICE_KEYS = frozenset(
     {
         "image",
@@ -432,25 +81,11 @@ _SERVICE_KEYS = frozenset(
         "env_file",
         "ports",
         "volumes",
-        "restart",
         "labels",
         "healthcheck",
-        "user",
-        "working_dir",
-        "network_mode",
-        "mem_limit",
-        "cpus",
-        "privileged",
-        "pid",
-        "ipc",
-        "devices",
-        "cap_add",
-        "cap_drop",
-        "security_opt",
-        "stop_signal",
-        "stop_grace_period",
         "depends_on",
         "deploy",
+        *_OPTIONAL_KEYS,
     }
 )
 _SERVICE_REFUSED = {
@@ -477,13 +112,13 @@ _ROLLOUT_KEYS = (
 
 
 @dataclass
-class _Parsed:
+class ParsedService:
     spec: ServiceSpec
     update: RolloutConfig | None
     rollback: RolloutConfig | None
 
 
-class _Reader:
+class ServiceReader:
     def __init__(self, path: Path, label: str, env: Mapping[str, str]) -> None:
         self.path = path
         self.label = label
@@ -510,8 +145,8 @@ class _Reader:
             self.fail(where, "nested too deeply")
         if isinstance(value, str):
             try:
-                return _substitute(value, self.lookup, self.unset)
-            except _TemplateError as exc:
+                return substitute(value, self.lookup, self.unset)
+            except TemplateError as exc:
                 self.fail(where, str(exc))
         if isinstance(value, list):
             return [
@@ -528,7 +163,7 @@ class _Reader:
         if value is None and null_ok:
             return {}
         if not isinstance(value, dict):
-            self.fail(where, f"must be a mapping, not {_type_name(value)}")
+            self.fail(where, f"must be a mapping, not {type_name(value)}")
         for key in value:
             if not isinstance(key, str):
                 self.fail(where, f"key {key!r} must be a string")
@@ -552,7 +187,7 @@ class _Reader:
         try:
             return cls(**values)
         except ValidationError as exc:
-            loc, message = _model_error(exc)
+            loc, message = model_error(exc)
             self.fail(f"{where}{loc}" if cls is ServiceSpec else where, message)
 
     # -- scalars
@@ -562,13 +197,13 @@ class _Reader:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        self.fail(where, f"must be a string, not {_type_name(value)}")
+        self.fail(where, f"must be a string, not {type_name(value)}")
 
     def boolean(self, value: Any, where: str) -> bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
         self.fail(where, f"must be true or false, not {value!r}")
 
     def integer(self, value: Any, where: str) -> int:
@@ -596,7 +231,7 @@ class _Reader:
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
         elif isinstance(value, str):
-            seconds = _parse_duration(value)
+            seconds = parse_duration(value)
         if seconds is None or not math.isfinite(seconds):
             self.fail(where, f'must be a duration like "30s", "1m30s" or "500ms", not {value!r}')
         if seconds < 0:
@@ -608,7 +243,7 @@ class _Reader:
         if isinstance(value, int) and not isinstance(value, bool):
             result = value
         elif isinstance(value, str):
-            result = _parse_bytes(value)
+            result = parse_bytes(value)
         if result is None:
             self.fail(
                 where, f'must be a size like "512m", "1g" or a number of bytes, not {value!r}'
@@ -619,7 +254,7 @@ class _Reader:
 
     def strings(self, value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(value, list):
-            self.fail(where, f"must be a list, not {_type_name(value)}")
+            self.fail(where, f"must be a list, not {type_name(value)}")
         return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
 
     def words(self, value: Any, where: str) -> tuple[str, ...] | None:
@@ -640,14 +275,14 @@ class _Reader:
 
     # -- the file
 
-    def read(self) -> tuple[dict[str, _Parsed], list[str]]:
+    def read(self) -> tuple[dict[str, ParsedService], list[str]]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             self.fail("", f"{self.label}: no such file")
         except (OSError, UnicodeDecodeError) as exc:
             self.fail("", f"{self.label}: cannot read: {exc}")
-        doc = _load_yaml(text, self.label)
+        doc = load_yaml(text, self.label)
         if doc is None:
             self.fail("", f"{self.label}: the file is empty")
         top = self.mapping(doc, "(top level)", null_ok=False)
@@ -661,7 +296,7 @@ class _Reader:
         raw_services = self.mapping(top["services"], "services")
         if not raw_services:
             self.fail("services", "no services defined")
-        parsed: dict[str, _Parsed] = {}
+        parsed: dict[str, ParsedService] = {}
         for name, raw in raw_services.items():
             where = f"services.{name}"
             if not re.fullmatch(SERVICE_NAME_PATTERN, name):
@@ -674,14 +309,14 @@ class _Reader:
             self.check_keys(body, where, _SERVICE_KEYS, _SERVICE_REFUSED)
             body = {k: v for k, v in body.items() if not k.startswith("x-")}
             parsed[name] = self.service(name, self.interpolate(body, where))
-        order = self.order(parsed)
+        order = order_services({n: p.spec.depends_on for n, p in parsed.items()}, self.fail)
         return parsed, order
 
     def read_volumes(self, raw: Any) -> None:
         volumes = self.mapping(raw, "volumes")
         for name, body in volumes.items():
             where = f"volumes.{name}"
-            if not _VOLUME_NAME.fullmatch(name):
+            if not VOLUME_NAME.fullmatch(name):
                 self.fail(where, "a volume name is letters, digits, '_', '.' or '-'")
             config = self.mapping(body, where)
             self.check_keys(config, where, ("driver",))
@@ -692,7 +327,7 @@ class _Reader:
 
     # -- one service
 
-    def service(self, name: str, body: dict[str, Any]) -> _Parsed:
+    def service(self, name: str, body: dict[str, Any]) -> ParsedService:
         where = f"services.{name}"
 
         def at(key: str) -> str:
@@ -708,40 +343,25 @@ class _Reader:
         spec["environment"] = environment
         spec["ports"] = self.ports(body.get("ports"), at("ports"))
         spec["volumes"] = self.service_volumes(body.get("volumes"), at("volumes"))
-        if body.get("restart") is not None:
-            spec["restart"] = self.restart(body["restart"], at("restart"))
         spec["labels"] = self.labels(body.get("labels"), at("labels"))
         spec["healthcheck"] = self.healthcheck(body.get("healthcheck"), at("healthcheck"))
-        for key in ("user", "stop_signal"):
+        for key, reader in _OPTIONAL_KEYS.items():
             if body.get(key) is not None:
-                spec[key] = self.string(body[key], at(key))
-        for key in ("network_mode", "pid", "ipc"):
-            if body.get(key) is not None:
-                spec[key] = self.no_service_ref(self.string(body[key], at(key)), at(key))
-        if body.get("working_dir") is not None:
-            working_dir = self.string(body["working_dir"], at("working_dir"))
-            if not working_dir.startswith("/"):
-                self.fail(at("working_dir"), f"{working_dir!r} must be an absolute path")
-            spec["working_dir"] = working_dir
-        if body.get("mem_limit") is not None:
-            spec["mem_limit"] = self.size(body["mem_limit"], at("mem_limit"))
-        if body.get("cpus") is not None:
-            spec["cpus"] = self.number(body["cpus"], at("cpus"))
-        if body.get("privileged") is not None:
-            spec["privileged"] = self.boolean(body["privileged"], at("privileged"))
-        for key in ("cap_add", "cap_drop", "security_opt"):
-            if body.get(key) is not None:
-                spec[key] = self.strings(body[key], at(key))
-        if body.get("devices") is not None:
-            spec["devices"] = self.devices(body["devices"], at("devices"))
-        if body.get("stop_grace_period") is not None:
-            spec["stop_grace_period"] = self.duration(
-                body["stop_grace_period"], at("stop_grace_period")
-            )
+                spec[key] = getattr(self, reader)(body[key], at(key))
         spec["depends_on"] = self.depends_on(body.get("depends_on"), at("depends_on"))
         update, rollback = self.deploy(body.get("deploy"), at("deploy"), spec)
         service: ServiceSpec = self.model(ServiceSpec, where, **spec)
-        return _Parsed(service, update, rollback)
+        return ParsedService(service, update, rollback)
+
+    def mode(self, value: Any, where: str) -> str:
+        """``network_mode``, ``pid``, ``ipc``: a mode string, never ``service:NAME``."""
+        return self.no_service_ref(self.string(value, where), where)
+
+    def absolute_path(self, value: Any, where: str) -> str:
+        path = self.string(value, where)
+        if not path.startswith("/"):
+            self.fail(where, f"{path!r} must be an absolute path")
+        return path
 
     def environment(self, value: Any, where: str) -> dict[str, str]:
         """``environment``: a list of ``KEY=VALUE`` / ``KEY``, or a mapping."""
@@ -800,7 +420,7 @@ class _Reader:
             except (OSError, UnicodeDecodeError) as exc:
                 self.fail(here, f"cannot read env file {str(file)!r}: {exc}")
             try:
-                out.update(_parse_dotenv(text, self.lookup, self.unset))
+                out.update(parse_dotenv(text, self.lookup, self.unset))
             except ValueError as exc:
                 self.fail(here, f"{file}: {exc}")
         return out
@@ -829,14 +449,14 @@ class _Reader:
         text = self.string(value, where)
         if text.startswith("on-failure:"):
             self.fail(where, f"{text!r}: a retry limit is not supported by Shoal; use on-failure")
-        if text not in _RESTART:
-            self.fail(where, f"{text!r} must be one of {', '.join(_RESTART)}")
+        if text not in RESTART_POLICIES:
+            self.fail(where, f"{text!r} must be one of {', '.join(RESTART_POLICIES)}")
         return text
 
     # -- ports
 
     def port_range(self, text: str, where: str, what: str) -> list[int]:
-        match = _PORT_RANGE.fullmatch(text)
+        match = PORT_RANGE.fullmatch(text)
         if match is None:
             self.fail(where, f"invalid {what} {text!r}")
         low = int(match[1])
@@ -866,7 +486,7 @@ class _Reader:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.fail(where, f"must be a list, not {_type_name(value)}")
+            self.fail(where, f"must be a list, not {type_name(value)}")
         out: list[PortSpec] = []
         for i, item in enumerate(value):
             here = f"{where}[{i}]"
@@ -969,7 +589,7 @@ class _Reader:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.fail(where, f"must be a list, not {_type_name(value)}")
+            self.fail(where, f"must be a list, not {type_name(value)}")
         out: list[VolumeSpec] = []
         for i, item in enumerate(value):
             here = f"{where}[{i}]"
@@ -1049,7 +669,7 @@ class _Reader:
     def devices(self, value: Any, where: str) -> tuple[str, ...]:
         """Short ``HOST[:CONTAINER[:PERMISSIONS]]`` or long ``{source, target, permissions}``."""
         if not isinstance(value, list):
-            self.fail(where, f"must be a list, not {_type_name(value)}")
+            self.fail(where, f"must be a list, not {type_name(value)}")
         out: list[str] = []
         for i, item in enumerate(value):
             here = f"{where}[{i}]"
@@ -1122,7 +742,7 @@ class _Reader:
         try:
             return HealthSpec(**values)
         except ValidationError as exc:
-            loc, message = _model_error(exc)
+            loc, message = model_error(exc)
             self.fail(f"{where}{loc}", message)
 
     def depends_on(self, value: Any, where: str) -> tuple[str, ...]:
@@ -1239,97 +859,3 @@ class _Reader:
                 )
             spec[field_name] = limit
         return update, rollback
-
-    # -- order
-
-    def order(self, parsed: Mapping[str, _Parsed]) -> list[str]:
-        """Dependencies first; otherwise the file's order. A cycle is an error."""
-        index = {name: i for i, name in enumerate(parsed)}
-        for name, item in parsed.items():
-            for dep in item.spec.depends_on:
-                if dep not in parsed:
-                    self.fail(
-                        f"services.{name}.depends_on",
-                        f"unknown service {dep!r} (services: {', '.join(parsed)})",
-                    )
-        waiting = {name: len(item.spec.depends_on) for name, item in parsed.items()}
-        dependents: dict[str, list[str]] = {name: [] for name in parsed}
-        for name, item in parsed.items():
-            for dep in item.spec.depends_on:
-                dependents[dep].append(name)
-        ready = [(index[n], n) for n, count in waiting.items() if count == 0]
-        heapq.heapify(ready)
-        order: list[str] = []
-        while ready:
-            _, name = heapq.heappop(ready)
-            order.append(name)
-            for dependent in dependents[name]:
-                waiting[dependent] -= 1
-                if waiting[dependent] == 0:
-                    heapq.heappush(ready, (index[dependent], dependent))
-        if len(order) < len(parsed):
-            self.fail("services", f"depends_on cycle: {' -> '.join(self.cycle(parsed, order))}")
-        return order
-
-    @staticmethod
-    def cycle(parsed: Mapping[str, _Parsed], done: list[str]) -> list[str]:
-        """One cycle among the services ``order`` could not place."""
-        left = [n for n in parsed if n not in set(done)]
-        path = [left[0]]
-        while True:
-            nxt = next(d for d in parsed[path[-1]].spec.depends_on if d not in set(done))
-            if nxt in path:
-                return [*path[path.index(nxt) :], nxt]
-            path.append(nxt)
-
-
-def _dotenv_environment(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` plus the ``.env`` next to the compose file (``environ`` wins)."""
-    env_path = path.absolute().parent / ".env"
-    if not env_path.is_file():
-        return dict(environ)
-    try:
-        text = env_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ComposeError(f"{env_path}: cannot read: {exc}") from None
-    unset: list[str] = []
-    try:
-        values = _parse_dotenv(text, environ.get, unset.append)
-    except ValueError as exc:
-        raise ComposeError(f"{env_path}: {exc}") from None
-    return {**values, **environ}
-
-
-def load_compose(
-    path: Path,
-    *,
-    environ: Mapping[str, str] | None = None,
-    services: Sequence[str] = (),
-) -> ComposeProject:
-    """Read a compose file into ServiceSpecs, in depends_on order.
-
-    ``environ`` (default ``os.environ``) and a ``.env`` file next to the compose file
-    supply the variables. ``services`` names the services to include (all when empty);
-    a named service's dependencies that are not named are left out, and the named
-    ones keep their depends_on order. Raises ComposeError naming the file and key.
-    """
-    path = Path(path)
-    env = _dotenv_environment(path, os.environ if environ is None else environ)
-    reader = _Reader(path, str(path), env)
-    parsed, order = reader.read()
-    if services:
-        wanted = list(dict.fromkeys(services))
-        unknown = [name for name in wanted if name not in parsed]
-        if unknown:
-            raise ComposeError(
-                f"{path}: no such service: {', '.join(unknown)}"
-                f" (services in the file: {', '.join(parsed)})"
-            )
-        order = [name for name in order if name in set(wanted)]
-    return ComposeProject(
-        path=path,
-        services=[parsed[name].spec for name in order],
-        update_config={n: u for n in order if (u := parsed[n].update) is not None},
-        rollback_config={n: r for n in order if (r := parsed[n].rollback) is not None},
-        warnings=reader.warnings,
-    )
