@@ -26,6 +26,8 @@ import sys
 import types
 from typing import Protocol
 
+from .errors import ShoalError
+
 PREFIX_BYTE_SEED = 18 << 3
 PREFIX_BYTE_USER = 20 << 3
 PREFIX_BYTE_ACCOUNT = 0
@@ -41,7 +43,7 @@ _PUBLIC_PREFIXES = {
 }
 
 
-class NkeyError(ValueError):
+class NkeyError(ShoalError, ValueError):
     """A seed, public key or signature is malformed."""
 
 
