@@ -12,8 +12,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shoal.protocol import RESERVED_LABELS, NatsOptions, Subjects, validate_host_id
 from shoal.protocol.connection import DEFAULT_NATS_URL, split_servers
+from shoal.protocol.errors import ShoalError
 from shoal.protocol.selectors import is_label_key, is_label_value
 from shoal.protocol.subjects import DEFAULT_PREFIX
+
+
+class InvalidSetting(ShoalError, ValueError):
+    """An agent setting is invalid; a ValueError so pydantic reports it as a field error."""
 
 
 def parse_labels(value: Any) -> dict[str, str]:
@@ -30,16 +35,18 @@ def parse_labels(value: Any) -> dict[str, str]:
                 continue
             key, sep, val = part.partition("=")
             if not sep:
-                raise ValueError(f"label {part!r} is not of the form key=value")
+                raise InvalidSetting(f"label {part!r} is not of the form key=value")
             items.append((key.strip(), val.strip()))
     labels: dict[str, str] = {}
     for key, val in items:
         if not is_label_key(key):
-            raise ValueError(f"invalid label key {key!r}")
+            raise InvalidSetting(f"invalid label key {key!r}")
         if not is_label_value(val):
-            raise ValueError(f"invalid value {val!r} for label {key!r}")
+            raise InvalidSetting(f"invalid value {val!r} for label {key!r}")
         if key in RESERVED_LABELS:
-            raise ValueError(f"label {key!r} is reserved: it is a fact the agent reports itself")
+            raise InvalidSetting(
+                f"label {key!r} is reserved: it is a fact the agent reports itself"
+            )
         labels[key] = val
     return labels
 
@@ -205,7 +212,7 @@ class AgentSettings(BaseSettings):
     def _check_nats(self) -> AgentSettings:
         self.nats_options(self.host_id or "agent")
         if self.insecure and self.trust is not None:
-            raise ValueError("--insecure and --trust contradict each other: give one")
+            raise InvalidSetting("--insecure and --trust contradict each other: give one")
         return self
 
     @classmethod

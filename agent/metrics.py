@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from shoal.protocol.errors import ShoalError
+
 log = logging.getLogger("shoal.agent")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -188,7 +190,7 @@ class AgentMetrics:
         return "\n".join(lines) + "\n"
 
 
-class MetricsServerError(Exception):
+class MetricsServerError(ShoalError):
     """The metrics server cannot listen where it was asked to."""
 
 

@@ -66,7 +66,7 @@ ALWAYS_ALLOWED_SECURITY_OPT = frozenset(
 )
 
 
-class PolicyError(Exception):
+class PolicyError(ShoalError):
     """The policy file cannot be read or is invalid."""
 
 

@@ -23,12 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shoal.protocol import Role
 from shoal.protocol.envelope import summarize_validation_error
+from shoal.protocol.errors import ShoalError
 from shoal.protocol.signing import validate_public_key
 
 log = logging.getLogger("shoal.agent")
 
 
-class TrustError(Exception):
+class TrustError(ShoalError):
     """The trust file cannot be read or is invalid."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
+from .errors import ErrorCode, ShoalError
+
 CHUNK_HEADER = "Shoal-Chunk"
 DIGEST_HEADER = "Shoal-Digest"
 HEADER_ROOM = 512
@@ -21,6 +23,7 @@ MAX_CHUNKS = 4096
 
 
 def digest(data: bytes) -> str:
+    """The ``Shoal-Digest`` value of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -34,8 +37,10 @@ def split_reply(data: bytes, max_payload: int) -> Iterator[tuple[dict[str, str],
         yield {CHUNK_HEADER: f"{index}/{count}", DIGEST_HEADER: whole}, part
 
 
-class ChunkError(ValueError):
+class ChunkError(ShoalError, ValueError):
     """Chunks that cannot form a reply."""
+
+    code = ErrorCode.INVALID_REPLY
 
 
 class Reassembly:

@@ -1,9 +1,8 @@
 """How to reach NATS: servers and every auth method nats-py offers.
 
-Pure data, spelled the way ``nats`` CLI users expect. Both the agent and the
-controller turn it into ``nats.connect`` keyword arguments with
-:meth:`NatsOptions.connect_kwargs`; the only file access is loading TLS
-material when that method is called.
+Pure data, spelled the way ``nats`` CLI users expect. :meth:`NatsOptions.nats_kwargs`
+turns it into ``nats.connect`` keyword arguments without touching a file; the
+TLS context, which reads certificate files, is the caller's to build and pass in.
 """
 
 from __future__ import annotations
@@ -69,7 +68,11 @@ class NatsOptions(BaseModel):
         return self
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """A TLS context from the CA and client certificate files, if any are set."""
+        """A TLS context from the CA and client certificate files, if any are set.
+
+        Reads those files: kept here for ``connect_kwargs`` until the agent's and the
+        controller's connection code build the context themselves.
+        """
         if self.tlsca is None and self.tlscert is None:
             return None
         context = ssl.create_default_context(
@@ -79,13 +82,13 @@ class NatsOptions(BaseModel):
             context.load_cert_chain(str(self.tlscert), str(self.tlskey))
         return context
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``nats.connect`` (without callbacks or timings)."""
+    def nats_kwargs(self, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect`` (without callbacks or timings); no I/O.
+
+        nats-py reads the creds and nkey files itself; ``tls`` is the context built
+        from ``tlsca``/``tlscert``/``tlskey`` by the caller.
+        """
         kwargs: dict[str, Any] = {"servers": list(self.servers), "name": self.name}
-        if self.creds is not None or self.nkey is not None:
-            # nats-py signs the server's nonce with the nkeys package, which needs
-            # PyNaCl; where that has no wheel (armv7), a stand-in does the same.
-            nkey.provide_nkeys_module()
         if self.creds is not None:
             kwargs["user_credentials"] = str(self.creds)
         if self.nkey is not None:
@@ -96,10 +99,21 @@ class NatsOptions(BaseModel):
             kwargs["password"] = self.password
         if self.token is not None:
             kwargs["token"] = self.token
-        context = self.ssl_context()
-        if context is not None:
-            kwargs["tls"] = context
+        if tls is not None:
+            kwargs["tls"] = tls
         return kwargs
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """``nats_kwargs`` with the TLS files loaded and the nkeys stand-in in place.
+
+        The compatible entry point for today's callers; it reads files, so new code
+        builds the TLS context on its own side and calls ``nats_kwargs``.
+        """
+        if self.creds is not None or self.nkey is not None:
+            # nats-py signs the server's nonce with the nkeys package, which needs
+            # PyNaCl; where that has no wheel (armv7), a stand-in does the same.
+            nkey.provide_nkeys_module()
+        return self.nats_kwargs(self.ssl_context())
 
 
 async def flush_in_order(nc: NATS, timeout: float = 10.0) -> None:

@@ -7,8 +7,8 @@ key type. Shoal's signing keys are user nkeys: seeds ``SUâ€¦``, public keys ``Uâ
 The ed25519 arithmetic comes from PyNaCl where it is installed (it is, wherever it
 has a wheel: amd64, arm64), or else from the pure-Python ``ecdsa`` package, which
 installs everywhere without a compiler (armv7 and armv6 boards, where PyNaCl has no
-wheel). Both give the same keys and the same signatures; PyNaCl is some 50 times
-faster at verifying.
+wheel). Both give the same keys and the same signatures; PyNaCl is much faster at
+verifying (docs/benchmarks.md has the figures).
 
 nats-py imports the ``nkeys`` package for nkey and credentials authentication.
 Where that package is not installed (it needs PyNaCl), :func:`provide_nkeys_module`
@@ -26,6 +26,8 @@ import sys
 import types
 from typing import Protocol
 
+from .errors import ShoalError
+
 PREFIX_BYTE_SEED = 18 << 3
 PREFIX_BYTE_USER = 20 << 3
 PREFIX_BYTE_ACCOUNT = 0
@@ -41,7 +43,7 @@ _PUBLIC_PREFIXES = {
 }
 
 
-class NkeyError(ValueError):
+class NkeyError(ShoalError, ValueError):
     """A seed, public key or signature is malformed."""
 
 
@@ -202,7 +204,7 @@ class _PureSigningKey:
 
 
 class PureEd25519:
-    """python-ecdsa: pure Python, installs anywhere; a few milliseconds a verification."""
+    """python-ecdsa: pure Python, installs anywhere; slower (see docs/benchmarks.md)."""
 
     name = "ecdsa"
 
