@@ -10,6 +10,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .fleet import Fleet
+from .images import ImageComparison, ImageVariant, compare_images
 from .locks import LockHeld, LockLost, ServiceLock
 from .registry import AgentRecord
 from .result import ExitCode, FleetResult
@@ -72,6 +73,8 @@ __all__ = [
     "FleetResult",
     "HostFinished",
     "HostProgress",
+    "ImageComparison",
+    "ImageVariant",
     "InvalidLimit",
     "InvalidParallelism",
     "Limit",
@@ -89,6 +92,7 @@ __all__ = [
     "WaveFinished",
     "WaveStarted",
     "collect_rollout",
+    "compare_images",
     "plan_waves",
     "resolve_targets",
     "rollout_exit_code",

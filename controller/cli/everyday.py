@@ -30,7 +30,6 @@ from shoal.protocol import (
     AgentEvent,
     ContainerActionResult,
     ImagesResult,
-    ImageSummary,
     InfoResult,
     InspectResult,
     LogLine,
@@ -40,6 +39,7 @@ from shoal.protocol import (
 )
 
 from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..images import ImageComparison, compare_images
 from ..result import ExitCode, FleetResult
 from ..targeting import Limit
 from .common import (
@@ -165,55 +165,6 @@ def short_id(image_id: str) -> str:
 # --- images -------------------------------------------------------------------------------
 
 
-def _identity(image: ImageSummary, repository: str, by_digest: bool) -> str:
-    if by_digest:
-        for digest in image.repo_digests:
-            repo, _, value = digest.partition("@")
-            if repo == repository:
-                return value
-    return image.id
-
-
-def image_spread(result: FleetResult[ImagesResult]) -> list[dict[str, Any]]:
-    """Per tag, across the hosts that answered: where it is missing, where it differs.
-
-    Images are told apart by their registry digest when every host holding the tag
-    has one for that repository (so a multi-platform image counts as one), else by
-    image id.
-    """
-    hosts = sorted(result.replies)
-    by_tag: dict[str, dict[str, ImageSummary]] = {}
-    for host, reply in result.replies.items():
-        for image in reply.images:
-            for tag in image.repo_tags:
-                by_tag.setdefault(tag, {})[host] = image
-    rows = []
-    for tag in sorted(by_tag):
-        present = by_tag[tag]
-        repository = tag.rsplit(":", 1)[0]
-        by_digest = all(
-            any(d.partition("@")[0] == repository for d in image.repo_digests)
-            for image in present.values()
-        )
-        variants: dict[str, list[str]] = {}
-        for host in sorted(present):
-            variants.setdefault(_identity(present[host], repository, by_digest), []).append(host)
-        groups = sorted(variants.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        missing = [h for h in hosts if h not in present]
-        rows.append(
-            {
-                "image": tag,
-                "present": sorted(present),
-                "missing": missing,
-                "different": sorted(h for _, group in groups[1:] for h in group),
-                "compared_by": "digest" if by_digest else "id",
-                "variants": [{"id": key, "hosts": group} for key, group in groups],
-                "uniform": len(groups) == 1 and not missing,
-            }
-        )
-    return rows
-
-
 def render_images(result: FleetResult[ImagesResult]) -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("HOST", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "ARCH"):
@@ -235,28 +186,28 @@ def render_images(result: FleetResult[ImagesResult]) -> None:
     out.print(table)
 
 
-def render_image_spread(rows: list[dict[str, Any]], hosts: int) -> None:
+def render_image_spread(rows: list[ImageComparison], hosts: int) -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("IMAGE", "HOSTS", "STATUS", "MISSING ON", "DIFFERENT ON", "VARIANTS"):
         table.add_column(column, no_wrap=True)
     for row in rows:
-        if row["uniform"]:
+        if row.uniform:
             status = Text("same", "green")
-        elif row["different"]:
+        elif row.different:
             status = Text("differs", "red")
         else:
             status = Text("missing", "yellow")
         variants = (
-            "; ".join(f"{short_id(v['id'])}: {','.join(v['hosts'])}" for v in row["variants"])
-            if len(row["variants"]) > 1
-            else short_id(row["variants"][0]["id"])
+            "; ".join(f"{short_id(v.id)}: {','.join(v.hosts)}" for v in row.variants)
+            if len(row.variants) > 1
+            else short_id(row.variants[0].id)
         )
         table.add_row(
-            row["image"],
-            f"{len(row['present'])}/{hosts}",
+            row.image,
+            f"{len(row.present)}/{hosts}",
             status,
-            ", ".join(row["missing"]) or "-",
-            ", ".join(row["different"]) or "-",
+            ", ".join(row.missing) or "-",
+            ", ".join(row.different) or "-",
             variants,
         )
     out.print(table)
@@ -297,7 +248,7 @@ def images(
         timeout,
         lambda fleet: fleet.images(all_, selector=target, limit=sample, retries=retries),
     )
-    spread = image_spread(result)
+    spread = compare_images(result)
 
     def render(result: FleetResult[ImagesResult]) -> None:
         if fleet_view:
@@ -305,7 +256,12 @@ def images(
         else:
             render_images(result)
 
-    show_result(result, render, json_=json_, document={**result.to_json(), "fleet": spread})
+    show_result(
+        result,
+        render,
+        json_=json_,
+        document={**result.to_json(), "fleet": [row.model_dump() for row in spread]},
+    )
 
 
 # --- logs ---------------------------------------------------------------------------------
