@@ -77,7 +77,6 @@ from shoal.protocol import (
     new_request_id,
     utcnow,
 )
-from shoal.protocol.connection import flush_in_order
 
 from .audit import AuditStream
 from .errors import NotConnected, RegistryUnavailable
@@ -94,7 +93,7 @@ from .locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from .registry import AgentRecord, Registry, is_online, is_transient, with_recovery
 from .result import FleetResult
 from .targeting import Limit, Targets, resolve_targets
-from .transport import connect, nats_errors
+from .transport import connect, flush_in_order, nats_errors
 
 if TYPE_CHECKING:
     from .rollout import RolloutEvent

@@ -39,7 +39,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -61,12 +61,34 @@ from shoal.protocol import (
 )
 
 from .errors import FleetError
+from .gather import ProgressCallback, ReplyCallback
 from .locks import LockLost, ServiceLock
 from .result import ExitCode, FleetResult
-from .targeting import Limit
+from .targeting import Limit, Targets
 
-if TYPE_CHECKING:
-    from .fleet import Fleet
+
+class Fleet(Protocol):
+    """What a rollout uses of a :class:`~shoal.controller.fleet.Fleet` (no import of it)."""
+
+    async def resolve(
+        self, selector: Selector | None = None, limit: Limit | None = None
+    ) -> Targets: ...
+
+    def service_lock(self, service: str) -> ServiceLock: ...
+
+    async def request(
+        self,
+        verb: Verb,
+        args: BaseModel,
+        *,
+        selector: Selector | None = None,
+        limit: Limit | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_reply: ReplyCallback | None = None,
+        retries: int = 0,
+    ) -> FleetResult[Any]: ...
+
 
 log = logging.getLogger("shoal.controller")
 

@@ -18,6 +18,17 @@ from shoal.protocol.connection import describe_tls_error, is_auth_error
 
 from .errors import ConnectError, RegistryUnavailable
 
+
+async def flush_in_order(nc: NATS, timeout: float = 10.0) -> None:
+    """Return once the server has processed everything sent on ``nc`` so far.
+
+    nats-py's ``flush()`` writes its PING ahead of commands still queued for the
+    flusher task; a second PING follows everything queued before this call.
+    """
+    await nc.flush(timeout=int(max(1.0, timeout)))
+    await nc.flush(timeout=int(max(1.0, timeout)))
+
+
 log = logging.getLogger("shoal.controller")
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import nkey
-
-if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -114,21 +111,6 @@ class NatsOptions(BaseModel):
             # PyNaCl; where that has no wheel (armv7), a stand-in does the same.
             nkey.provide_nkeys_module()
         return self.nats_kwargs(self.ssl_context())
-
-
-async def flush_in_order(nc: NATS, timeout: float = 10.0) -> None:
-    """Return once the server has processed everything sent on ``nc`` so far.
-
-    Use it where another connection must see this one's subscriptions, as when an
-    agent says it is ready. ``Client.flush()`` alone does not promise that in
-    nats-py 2.16: it writes its PING straight to the socket, ahead of commands
-    (``SUB`` among them) still queued for the client's flusher task, so its PONG
-    can come back before the server has those. The flusher runs while the first
-    PING is on its way, so the second PING follows everything queued before this
-    call, and its PONG means the server has processed all of it.
-    """
-    await nc.flush(timeout=int(max(1.0, timeout)))
-    await nc.flush(timeout=int(max(1.0, timeout)))
 
 
 def is_auth_error(exc: BaseException) -> bool:

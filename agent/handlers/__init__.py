@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from shoal.protocol import VERBS, Verb
+from shoal.protocol import VERBS, ShoalError, Verb
 
 from ..context import Handler
 from . import containers, host, logs, prune, services
 
 
-class RegistryError(Exception):
+class RegistryError(ShoalError):
     """The handler tables do not cover the verb table exactly once."""
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from shoal.protocol.errors import ErrorCode, ShoalError
 
-class TemplateError(ValueError):
-    pass
+
+class TemplateError(ShoalError, ValueError):
+    """A ``$`` expression in a compose value that cannot be interpolated."""
+
+    code = ErrorCode.BAD_REQUEST
 
 
 _VAR_NAME = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")

@@ -1,4 +1,4 @@
-"""protocol.connection.flush_in_order on a real nats-server."""
+"""flush_in_order (the agent's and the controller's) on a real nats-server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import nats
 import pytest
 
-from shoal.protocol.connection import flush_in_order
+from shoal.controller.transport import flush_in_order
 from tests.stack import NatsServer
 
 pytestmark = pytest.mark.nats

@@ -21,11 +21,7 @@ PACKAGES = ("shoal.protocol", "shoal.agent", "shoal.controller")
 PENDING = frozenset(
     {
         "shoal.agent.cli.EventLoopUnavailable",
-        "shoal.agent.runtime.AgentStartError",
-        "shoal.agent.runtime.AgentConfigError",
-        "shoal.agent.runtime.AgentStopped",
         "shoal.agent.streams.StreamClosed",
-        "shoal.controller.compose._TemplateError",
     }
 )
 
