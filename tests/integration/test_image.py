@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 PACKAGES = ["python3", "python3-venv", "tini"]
 """The base image's Debian packages (the cached rootfs is keyed by this list)."""
-CONTEXT = ["pyproject.toml", "README.md", "protocol", "agent", "controller"]
+CONTEXT = ["pyproject.toml", "README.md", "protocol", "agent", "controller", "shoal"]
 """What the wheel is built from: the build context .dockerignore lets through."""
 
 BASE_IMAGE = "shoal-test/debian-python:local"
@@ -215,7 +215,9 @@ def build_wheelhouse(workdir: Path) -> Path:
     for name in CONTEXT:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(  # shoal/'s links to the top folders stay links
+                path, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             shutil.copy2(path, source / name)
     wheels = workdir / "wheels"
@@ -391,10 +393,12 @@ def test_image_is_built_offline_from_the_local_base_and_wheelhouse(
     assert project_version() in version.stdout
     probe = docker.run(
         "run", "--rm", "--network", "none", "--entrypoint", "python3", agent_image.tag, "-c",
-        "import sys, shutil, uvloop, agent, controller; "
-        "print(sys.prefix, shutil.which('shoal'), shutil.which('tini'), shutil.which('pip'))",
+        "import sys, shutil, importlib.util, uvloop, shoal.agent, shoal.controller; "
+        "print(sys.prefix, shutil.which('shoal'), shutil.which('tini'), shutil.which('pip'), "
+        "importlib.util.find_spec('agent'))",
     )  # fmt: skip
-    prefix, shoal, tini, pip = probe.stdout.split()
+    prefix, shoal, tini, pip, bare = probe.stdout.split()
+    assert bare == "None", "installed as shoal.agent, not as a top-level agent package"
     assert prefix == "/opt/shoal" and shoal == "/opt/shoal/bin/shoal", probe.stdout
     assert tini == "/usr/bin/tini", "tini from the base image, not fetched"
     assert pip == "None", "pip is removed from the final image"

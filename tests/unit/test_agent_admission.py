@@ -101,8 +101,8 @@ def test_a_broadcast_for_other_hosts_is_not_admitted_nor_refused() -> None:
 def test_misdirected_requests_are_refused(
     subject: str, req: Request, error: type[ShoalError]
 ) -> None:
-    with pytest.raises(error):
-        admit(gate(), subject, data(req), utcnow(), Caller())
+    with pytest.raises(error):  # built at collection: judged at its own issue time
+        admit(gate(), subject, data(req), req.issued_at, Caller())
 
 
 def test_invalid_args_carry_machine_readable_errors() -> None:

@@ -202,6 +202,7 @@ def test_shape_check_can_fail(schema: dict[str, Any]) -> None:
 
 def test_dumped_messages_validate_with_jsonschema(schema: dict[str, Any]) -> None:
     import jsonschema  # in the dev extra: a missing one is a failure, not a skip
+
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
     for name, value in sample_messages().items():
