@@ -15,8 +15,10 @@ with the last lines of the failed container's log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +51,16 @@ from shoal.protocol import (
 from shoal.protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
 
 from .context import HostContext, RequestContext
-from .engine import ContainerState, ImageInfo
+from .engine import ContainerState, Engine, ImageInfo
 from .store import Pending, Revision, ServiceRecord, ServiceStore
 
 log = logging.getLogger("shoal.agent")
+
+
+def discarder(engine: Engine) -> Callable[[str], None]:
+    """Removal of a container whatever its state, its anonymous volumes too."""
+    return functools.partial(engine.remove_container, force=True, volumes=True)
+
 
 LOG_TAIL = 20
 POLL = 0.25
@@ -142,7 +150,7 @@ class Deployer:
             removed = []
             for container in containers:
                 await ctx.progress(DeployPhase.REMOVING, f"removing {container.name}")
-                await self.host.calls.run(self.host.engine.discard_container, container.id)
+                await self.host.calls.run(discarder(self.host.engine), container.id)
                 removed.append(container.id)
             self.store.delete(args.service)
             return RemoveResult(service=args.service, removed=removed)
@@ -308,7 +316,7 @@ class Deployer:
             if old is None or c.id != old.id
         ]
         for c in stale:  # leftovers of an interrupted operation
-            await calls.run(engine.discard_container, c.id)
+            await calls.run(discarder(engine), c.id)
 
         new_id = ""
         old_stopped = False
@@ -355,7 +363,7 @@ class Deployer:
             try:
                 if old.running and order == Order.START_FIRST:
                     await self._stop(old, current.spec if current else spec)
-                await calls.run(engine.discard_container, old.id)
+                await calls.run(discarder(engine), old.id)
             except ShoalError as exc:
                 log.warning("could not remove the old container %s: %s", old.name, exc.message)
         new_revision = Revision(
@@ -426,7 +434,7 @@ class Deployer:
             for container in containers:
                 if container.id != keep:
                     log.warning("recovery: removing %s of service %s", container.name, name)
-                    await self.host.calls.run(engine.discard_container, container.id)
+                    await self.host.calls.run(discarder(engine), container.id)
             if record.current is None:
                 self.store.delete(name)
                 continue
@@ -517,7 +525,7 @@ class Deployer:
         await ctx.progress(DeployPhase.ROLLING_BACK, "restoring the previous revision")
         if new_id:
             try:
-                await self.host.calls.run(engine.discard_container, new_id)
+                await self.host.calls.run(discarder(engine), new_id)
             except ShoalError as exc:
                 log.error("could not remove the failed container %s: %s", new_id[:12], exc.message)
         if old is None or current is None:

@@ -192,7 +192,11 @@ class Engine(Protocol):
         """Containers, images, volumes, networks and build cache with their sizes."""
         ...
 
-    def remove_container(self, container_id: str) -> None: ...
+    def remove_container(
+        self, container_id: str, *, force: bool = False, volumes: bool = False
+    ) -> None:
+        """Remove a container as ``docker rm`` does (a running one only with ``force``)."""
+        ...
 
     def remove_image(self, ref: str) -> None:
         """Remove an image by id, or untag one tag of it."""
@@ -215,10 +219,6 @@ class Engine(Protocol):
     def start_container(self, container_id: str) -> None: ...
 
     def stop_container(self, container_id: str, timeout: int) -> None: ...
-
-    def discard_container(self, container_id: str) -> None:
-        """Remove a container whatever its state."""
-        ...
 
     def container_state(self, container_id: str) -> ContainerState: ...
 
@@ -261,10 +261,6 @@ class Engine(Protocol):
     def engine_details(self) -> InfoResult: ...
 
     def restart_container(self, container_id: str, timeout: int) -> None: ...
-
-    def delete_container(self, container_id: str, *, force: bool, volumes: bool) -> None:
-        """Remove a container as ``docker rm`` does (a running one only with ``force``)."""
-        ...
 
     def container_events(self, since: float | None) -> Stream[ContainerEventRecord]:
         """Container events from ``since`` (a UNIX time; None: from now on), until closed."""

@@ -94,7 +94,9 @@ class SimEngine:
             api_version="1.41", containers=[], images=[], volumes=[], networks=[], build_cache=[]
         )
 
-    def remove_container(self, container_id: str) -> None:
+    def remove_container(
+        self, container_id: str, *, force: bool = False, volumes: bool = False
+    ) -> None:
         return None
 
     def remove_image(self, ref: str) -> None:

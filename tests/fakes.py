@@ -154,7 +154,9 @@ class FakeEngine:
             raise DockerError("fake engine: no disk snapshot was given")
         return self.snapshot
 
-    def remove_container(self, container_id: str) -> None:
+    def remove_container(
+        self, container_id: str, *, force: bool = False, volumes: bool = False
+    ) -> None:
         self._remove("container", container_id)
 
     def remove_image(self, ref: str) -> None:

@@ -33,9 +33,7 @@ from ..engine import (
     PullProgress,
     Stream,
 )
-from . import disk, ops, services
-from .containers import list_containers
-from .system import engine_info, ping_engine
+from . import containers, images, logs, networks, stats, system, volumes
 
 T = TypeVar("T")
 
@@ -91,101 +89,99 @@ class DockerEngine:
             self._reset()
             raise
 
+    # --- system -------------------------------------------------------------------------
+
     def info(self) -> EngineInfo:
-        return self._call(engine_info)
+        return self._call(system.engine_info)
 
     def ping(self) -> None:
-        self._call(ping_engine)
+        self._call(system.ping_engine)
 
-    def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
-        return self._call(lambda client: list_containers(client, args))
+    def engine_details(self) -> InfoResult:
+        return self._call(system.engine_details)
 
     def disk_snapshot(self) -> DiskSnapshot:
-        return self._call(disk.disk_snapshot, long=True)
-
-    def remove_container(self, container_id: str) -> None:
-        self._call(lambda client: disk.remove_container(client, container_id))
-
-    def remove_image(self, ref: str) -> None:
-        self._call(lambda client: disk.remove_image(client, ref))
-
-    def remove_volume(self, name: str) -> None:
-        self._call(lambda client: disk.remove_volume(client, name))
-
-    def remove_network(self, network_id: str) -> None:
-        self._call(lambda client: disk.remove_network(client, network_id))
+        return self._call(system.disk_snapshot, long=True)
 
     def prune_build_cache(self, until: float | None) -> tuple[int, int]:
-        return self._call(lambda client: disk.prune_build_cache(client, until), long=True)
+        return self._call(lambda client: system.prune_build_cache(client, until), long=True)
 
-    # --- services ---------------------------------------------------------------------
+    def container_events(self, since: float | None) -> Stream[ContainerEventRecord]:
+        return self._call(lambda client: system.container_events(client, since))
 
-    def create_service_container(self, spec: ServiceSpec, name: str, labels: dict[str, str]) -> str:
-        return self._call(lambda c: services.create_service_container(c, spec, name, labels))
-
-    def start_container(self, container_id: str) -> None:
-        self._call(lambda client: services.start_container(client, container_id))
-
-    def stop_container(self, container_id: str, timeout: int) -> None:
-        # The read must outlast the engine's own stop timeout.
-        self._call(lambda c: services.stop_container(c, container_id, timeout), long=True)
-
-    def discard_container(self, container_id: str) -> None:
-        self._call(lambda client: services.discard_container(client, container_id), long=True)
-
-    def container_state(self, container_id: str) -> ContainerState:
-        return self._call(lambda client: services.container_state(client, container_id))
-
-    def container_logs(self, container_id: str, tail: int) -> list[str]:
-        return self._call(lambda client: services.container_logs(client, container_id, tail))
-
-    def service_containers(self, service: str | None) -> list[ContainerState]:
-        return self._call(lambda client: services.service_containers(client, service))
-
-    def image_info(self, ref: str) -> ImageInfo | None:
-        return self._call(lambda client: services.image_info(client, ref))
-
-    def pull_image(self, ref: str, progress: PullProgress) -> ImageInfo:
-        return self._call(lambda client: services.pull_image(client, ref, progress), long=True)
+    def past_container_events(self, since: float, until: float) -> list[ContainerEventRecord]:
+        return self._call(lambda client: system.past_container_events(client, since, until))
 
     def close(self) -> None:
         self._reset()
 
-    # --- everyday commands ------------------------------------------------------------
+    # --- containers ---------------------------------------------------------------------
 
-    def list_images(self, all_images: bool) -> list[ImageSummary]:
-        return self._call(lambda client: ops.list_images(client, all_images))
+    def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
+        return self._call(lambda client: containers.list_containers(client, args))
 
-    def read_logs(self, container_id: str, tail: int, since: float | None) -> list[LogLine]:
-        return self._call(lambda client: ops.read_logs(client, container_id, tail, since))
+    def create_service_container(self, spec: ServiceSpec, name: str, labels: dict[str, str]) -> str:
+        return self._call(lambda c: containers.create_service_container(c, spec, name, labels))
 
-    def follow_logs(self, container_id: str, tail: int, since: float | None) -> Stream[LogLine]:
-        return self._call(lambda client: ops.follow_logs(client, container_id, tail, since))
+    def start_container(self, container_id: str) -> None:
+        self._call(lambda client: containers.start_container(client, container_id))
 
-    def container_stats(self) -> StatsResult:
-        return self._call(ops.container_stats)
-
-    def inspect_container(self, container_id: str) -> dict[str, Any]:
-        return self._call(lambda client: ops.inspect_container(client, container_id))
-
-    def engine_details(self) -> InfoResult:
-        return self._call(ops.engine_details)
+    def stop_container(self, container_id: str, timeout: int) -> None:
+        # The read must outlast the engine's own stop timeout.
+        self._call(lambda c: containers.stop_container(c, container_id, timeout), long=True)
 
     def restart_container(self, container_id: str, timeout: int) -> None:
-        # The read must outlast the engine's own stop timeout.
-        self._call(lambda c: ops.restart_container(c, container_id, timeout), long=True)
+        self._call(lambda c: containers.restart_container(c, container_id, timeout), long=True)
 
-    def delete_container(self, container_id: str, *, force: bool, volumes: bool) -> None:
+    def remove_container(
+        self, container_id: str, *, force: bool = False, volumes: bool = False
+    ) -> None:
+        # A forced removal stops the container first: the long read timeout.
         self._call(
-            lambda c: ops.delete_container(c, container_id, force=force, volumes=volumes),
+            lambda c: containers.remove_container(c, container_id, force=force, volumes=volumes),
             long=True,
         )
 
-    def container_events(self, since: float | None) -> Stream[ContainerEventRecord]:
-        return self._call(lambda client: ops.container_events(client, since))
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        return self._call(lambda client: containers.inspect_container(client, container_id))
 
-    def past_container_events(self, since: float, until: float) -> list[ContainerEventRecord]:
-        return self._call(lambda client: ops.past_container_events(client, since, until))
+    def container_state(self, container_id: str) -> ContainerState:
+        return self._call(lambda client: containers.container_state(client, container_id))
+
+    def service_containers(self, service: str | None) -> list[ContainerState]:
+        return self._call(lambda client: containers.service_containers(client, service))
+
+    def container_logs(self, container_id: str, tail: int) -> list[str]:
+        return self._call(lambda client: logs.container_logs(client, container_id, tail))
+
+    def read_logs(self, container_id: str, tail: int, since: float | None) -> list[LogLine]:
+        return self._call(lambda client: logs.read_logs(client, container_id, tail, since))
+
+    def follow_logs(self, container_id: str, tail: int, since: float | None) -> Stream[LogLine]:
+        return self._call(lambda client: logs.follow_logs(client, container_id, tail, since))
+
+    def container_stats(self) -> StatsResult:
+        return self._call(stats.container_stats)
+
+    # --- images, volumes, networks ------------------------------------------------------
+
+    def list_images(self, all_images: bool) -> list[ImageSummary]:
+        return self._call(lambda client: images.list_images(client, all_images))
+
+    def image_info(self, ref: str) -> ImageInfo | None:
+        return self._call(lambda client: images.image_info(client, ref))
+
+    def pull_image(self, ref: str, progress: PullProgress) -> ImageInfo:
+        return self._call(lambda client: images.pull_image(client, ref, progress), long=True)
+
+    def remove_image(self, ref: str) -> None:
+        self._call(lambda client: images.remove_image(client, ref))
+
+    def remove_volume(self, name: str) -> None:
+        self._call(lambda client: volumes.remove_volume(client, name))
+
+    def remove_network(self, network_id: str) -> None:
+        self._call(lambda client: networks.remove_network(client, network_id))
 
 
 __all__ = ["DockerEngine"]

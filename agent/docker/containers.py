@@ -1,4 +1,4 @@
-"""Container operations against the Docker Engine API."""
+"""Containers: list, create, start, stop, restart, inspect, remove."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import docker
+import docker.types
 
-from shoal.protocol import ContainerSummary, PortMapping, PsArgs
+from shoal.protocol import SERVICE_LABEL, ContainerSummary, PortMapping, PsArgs, ServiceSpec
 
+from ..engine import ContainerRecord, ContainerState
+from .convert import engine_time
 from .errors import translate_docker_errors
 
 
@@ -56,3 +59,144 @@ def list_containers(client: docker.DockerClient, args: PsArgs) -> list[Container
     with translate_docker_errors("list containers"):
         raw = client.api.containers(all=args.all, filters=_filters(args))
     return [_summary(item) for item in raw]
+
+
+def _nanos(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+def create_service_container(
+    client: docker.DockerClient, spec: ServiceSpec, name: str, labels: dict[str, str]
+) -> str:
+    """Create (not start) the container for one revision of a service."""
+    api = client.api
+    port_bindings: dict[str, Any] = {}
+    exposed: list[tuple[int, str]] = []
+    for port in spec.ports:
+        key = f"{port.container_port}/{port.protocol}"
+        exposed.append((port.container_port, port.protocol))
+        binding = (port.host_ip, port.host_port) if port.host_ip else port.host_port
+        port_bindings.setdefault(key, []).append(binding)
+    mounts = [
+        docker.types.Mount(v.target, v.source, type=v.type, read_only=v.read_only)
+        for v in spec.volumes
+    ]
+    host_config = api.create_host_config(
+        port_bindings=port_bindings or None,
+        mounts=mounts or None,
+        restart_policy={"Name": spec.restart} if spec.restart and spec.restart != "no" else None,
+        network_mode=spec.network_mode,
+        mem_limit=spec.mem_limit,
+        nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+        privileged=spec.privileged,
+        pid_mode=spec.pid,
+        ipc_mode=spec.ipc,
+        devices=list(spec.devices) or None,
+        cap_add=list(spec.cap_add) or None,
+        cap_drop=list(spec.cap_drop) or None,
+        security_opt=list(spec.security_opt) or None,
+    )
+    healthcheck = None
+    if spec.healthcheck is not None:
+        h = spec.healthcheck
+        healthcheck = docker.types.Healthcheck(
+            test=list(h.test),
+            interval=_nanos(h.interval),
+            timeout=_nanos(h.timeout),
+            retries=h.retries,
+            start_period=_nanos(h.start_period),
+        )
+    with translate_docker_errors(f"create container {name}"):
+        created = api.create_container(
+            image=spec.image,
+            command=list(spec.command) if spec.command is not None else None,
+            entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+            environment=dict(spec.environment) or None,
+            user=spec.user,
+            working_dir=spec.working_dir,
+            labels={**spec.labels, **labels},
+            ports=exposed or None,
+            host_config=host_config,
+            healthcheck=healthcheck,
+            name=name,
+            stop_signal=spec.stop_signal,
+            stop_timeout=int(spec.stop_grace_period) if spec.stop_grace_period else None,
+        )
+    return str(created["Id"])
+
+
+def start_container(client: docker.DockerClient, container_id: str) -> None:
+    with translate_docker_errors(f"start container {container_id[:12]}"):
+        client.api.start(container_id)
+
+
+def stop_container(client: docker.DockerClient, container_id: str, timeout: int) -> None:
+    with translate_docker_errors(f"stop container {container_id[:12]}"):
+        client.api.stop(container_id, timeout=timeout)
+
+
+def restart_container(client: docker.DockerClient, container_id: str, timeout: int) -> None:
+    with translate_docker_errors(f"restart container {container_id[:12]}"):
+        client.api.restart(container_id, timeout=timeout)
+
+
+def remove_container(
+    client: docker.DockerClient, container_id: str, *, force: bool = False, volumes: bool = False
+) -> None:
+    """As ``docker rm``: a running one only with ``force``, anonymous volumes with ``volumes``."""
+    with translate_docker_errors(f"remove container {container_id[:12]}"):
+        client.api.remove_container(container_id, v=volumes, force=force)
+
+
+def inspect_container(client: docker.DockerClient, container_id: str) -> dict[str, Any]:
+    with translate_docker_errors(f"inspect container {container_id[:12]}"):
+        raw: dict[str, Any] = client.api.inspect_container(container_id)
+    return raw
+
+
+def container_state(client: docker.DockerClient, container_id: str) -> ContainerState:
+    with translate_docker_errors(f"inspect container {container_id[:12]}"):
+        raw = client.api.inspect_container(container_id)
+    state = raw.get("State") or {}
+    health = (state.get("Health") or {}).get("Status", "")
+    return ContainerState(
+        id=raw["Id"],
+        name=str(raw.get("Name", "")).lstrip("/"),
+        status=state.get("Status", ""),
+        health=health,
+        exit_code=int(state.get("ExitCode") or 0),
+        restart_count=int(raw.get("RestartCount") or 0),
+        image_id=raw.get("Image", ""),
+        labels=(raw.get("Config") or {}).get("Labels") or {},
+        started_at=state.get("StartedAt", ""),
+    )
+
+
+def service_containers(client: docker.DockerClient, service: str | None) -> list[ContainerState]:
+    """Every container of a service (or of every service), in any state."""
+    label = SERVICE_LABEL if service is None else f"{SERVICE_LABEL}={service}"
+    with translate_docker_errors("list service containers"):
+        raw = client.api.containers(all=True, filters={"label": label})
+    return [container_state(client, c["Id"]) for c in raw]
+
+
+def container_record(raw: dict[str, Any]) -> ContainerRecord:
+    names = raw.get("Names") or []
+    networks = raw.get("NetworkSettings", {}).get("Networks") or {}
+    net_refs = set(networks)
+    net_refs.update(n.get("NetworkID", "") for n in networks.values() if n.get("NetworkID"))
+    mode = (raw.get("HostConfig") or {}).get("NetworkMode", "")
+    if mode and mode not in ("default",):
+        net_refs.add(mode)
+    volumes = {m["Name"] for m in raw.get("Mounts") or [] if m.get("Type") == "volume"}
+    return ContainerRecord(
+        id=raw["Id"],
+        name=names[0].lstrip("/") if names else raw["Id"][:12],
+        image_id=raw.get("ImageID", ""),
+        state=raw.get("State", ""),
+        created=engine_time(raw.get("Created")) or datetime.fromtimestamp(0, UTC),
+        labels=raw.get("Labels") or {},
+        size=int(raw.get("SizeRw") or 0),
+        networks=frozenset(net_refs),
+        volumes=frozenset(volumes),
+    )

@@ -18,17 +18,26 @@ from shoal.protocol import (
 )
 
 
+def is_status(exc: docker.errors.APIError, *codes: int) -> bool:
+    """Whether the engine answered with one of these HTTP status codes.
+
+    The status code, not docker-py's subclasses (``ImageNotFound`` is chosen by
+    matching the engine's message text, which engines word differently).
+    """
+    return exc.status_code in codes
+
+
 @contextmanager
 def translate_docker_errors(action: str) -> Iterator[None]:
-    """Translate Docker SDK and transport errors by type and status code."""
+    """Translate Docker SDK and transport errors by status code."""
     try:
         yield
-    except docker.errors.NotFound as exc:
-        raise NotFound(f"{action}: {exc.explanation or 'not found'}") from exc
     except docker.errors.APIError as exc:
         status = exc.status_code
         message = f"{action}: {exc.explanation or exc}"
         detail = {"status": status}
+        if status == 404:
+            raise NotFound(f"{action}: {exc.explanation or 'not found'}", detail=detail) from exc
         if status == 409:
             raise Conflict(message, detail=detail) from exc
         if status == 400:

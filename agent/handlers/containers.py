@@ -157,7 +157,7 @@ async def _stop_or_restart(
 async def handle_rm(ctx: RequestContext, args: RmArgs) -> BaseModel:
     async def act(container: ContainerState) -> None:
         await ctx.calls.run(
-            functools.partial(ctx.engine.delete_container, force=args.force, volumes=args.volumes),
+            functools.partial(ctx.engine.remove_container, force=args.force, volumes=args.volumes),
             container.id,
             timeout=ctx.calls.long_timeout,
         )
