@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from shoal.agent.trust import TrustEntry, render_trust
 from shoal.protocol import Role, Subjects, nkey, validate_host_id
+from shoal.protocol.trust import TrustEntry, render_trust
 
 RESPONSE_LIMIT = {"max": 100_000, "expires": "1h"}
 """How many messages an agent may send to a requester's inbox, and for how long:

@@ -26,7 +26,7 @@ async def run_up(
 ) -> None:
     from shoal.agent import __version__ as agent_version
     from shoal.agent.runtime import Agent, AgentStartError
-    from shoal.agent.trust import TrustEntry, render_trust
+    from shoal.protocol.trust import TrustEntry, render_trust
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,8 +16,8 @@ from typing import Any
 import nats
 import nats.errors
 
-from shoal.agent.trust import TrustEntry, render_trust
 from shoal.protocol import Request, Role, Signer, Subjects, Target, Verb
+from shoal.protocol.trust import TrustEntry, render_trust
 from tests.poll import poll
 
 READY_DEADLINE = 15.0
