@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from shoal.protocol.envelope import summarize_validation_error
+from shoal.protocol.errors import ShoalError
 
 from . import __version__
 from .config import AgentSettings
@@ -23,7 +24,7 @@ app = typer.Typer(add_completion=False, context_settings={"help_option_names": [
 log = logging.getLogger("shoal.agent")
 
 
-class EventLoopUnavailable(Exception):
+class EventLoopUnavailable(ShoalError):
     """The event loop asked for is not installed."""
 
 

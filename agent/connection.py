@@ -11,6 +11,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import nats.errors
@@ -19,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from shoal.protocol import AgentFacts, Reply, Request, Subjects, Target, Verb
+from shoal.protocol import AgentFacts, NatsOptions, Reply, Request, Subjects, Target, Verb, nkey
 from shoal.protocol.connection import describe_tls_error, is_auth_error
 
 from .config import AgentSettings
@@ -28,6 +29,25 @@ from .errors import AgentStartError, AgentStopped
 log = logging.getLogger("shoal.agent")
 
 DUPLICATE_CHECK_TIMEOUT = 2.0
+
+
+def connect_kwargs(options: NatsOptions) -> dict[str, Any]:
+    """``nats.connect`` arguments: TLS files loaded (refused at start), nkeys stand-in set."""
+    if options.needs_nkeys:
+        nkey.provide_nkeys_module()  # where PyNaCl has no wheel (armv7)
+    files = options.tls_files
+    tls = None
+    if files is not None:
+        ca, cert, key = files
+        try:
+            tls = ssl.create_default_context(cafile=None if ca is None else str(ca))
+            if cert is not None and key is not None:
+                tls.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentStartError(
+                f"cannot load the TLS files (NATS_CA, NATS_CERT, NATS_KEY): {exc}"
+            ) from exc
+    return options.nats_kwargs(tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +116,7 @@ class AgentConnection:
         self._refused.clear()
         connecting = asyncio.create_task(
             nats.connect(
-                **options.connect_kwargs(),
+                **connect_kwargs(options),
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1.0,

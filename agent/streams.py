@@ -22,7 +22,7 @@ log = logging.getLogger("shoal.agent")
 T = TypeVar("T")
 
 
-class StreamClosed(Exception):
+class StreamClosed(ShoalError):
     """Raised by :meth:`ThreadedStream.batch` once the stream ended and was read to the end."""
 
 
@@ -100,7 +100,7 @@ class ThreadedStream(Generic[T]):
             ended = self._done and not self._items
             self._cond.notify_all()
         if not items and ended:
-            raise StreamClosed()
+            raise StreamClosed("the stream ended and was read to the end")
         return items
 
     async def close(self) -> None:

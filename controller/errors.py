@@ -1,4 +1,4 @@
-"""Errors the controller raises. NATS errors are translated in transport.py only."""
+"""Errors the controller raises. NATS errors are translated in transport/ only."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ class InvalidLimit(FleetError, ValueError):
 
 class RegistryUnavailable(FleetError):
     """JetStream (and so the registry stream) is not available on this NATS."""
+
+
+class KeyExists(FleetError):
+    """A key-value entry to be created is already there."""
+
+
+class WrongRevision(FleetError):
+    """A key-value entry changed since the revision an update was based on."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import logging
 import os
@@ -15,10 +14,6 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ValidationError
 
 from shoal.protocol import (
@@ -93,7 +88,7 @@ from .locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from .registry import AgentRecord, Registry, is_online, is_transient, with_recovery
 from .result import FleetResult
 from .targeting import Limit, Targets, resolve_targets
-from .transport import connect, flush_in_order, nats_errors
+from .transport import Connection, JetStream, Message, Subscription, connect, nats_errors
 
 if TYPE_CHECKING:
     from .rollout import RolloutEvent
@@ -130,7 +125,7 @@ class Fleet:
         self.discovery_window = discovery_window
         self.sender = sender or f"{getpass.getuser()}@{socket.gethostname()}"
         self.signer = signer
-        self._nc: NATS | None = None
+        self._nc: Connection | None = None
         self._registry: Registry | None = None
         self._registry_checked = False
 
@@ -155,24 +150,11 @@ class Fleet:
     async def close(self) -> None:
         """Drain and close; safe to call twice."""
         nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            try:
-                await nc.drain()
-            except (nats.errors.Error, OSError, RuntimeError):
-                try:
-                    await nc.close()  # not connected: nothing left to drain
-                except asyncio.CancelledError:
-                    # Closing a connection that NATS cut off can end in the socket's close
-                    # waiter being cancelled inside nats-py (seen under a server restart).
-                    # The connection is closed all the same; a real cancellation of this
-                    # task goes on.
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    log.debug("closing a lost NATS connection ended in a cancelled close")
+        if nc is not None:
+            await nc.close()
 
     @property
-    def nc(self) -> NATS:
+    def nc(self) -> Connection:
         if self._nc is None:
             raise NotConnected("the Fleet is not connected; use 'async with Fleet(...)'")
         return self._nc
@@ -187,7 +169,7 @@ class Fleet:
         the Fleet falls back to ping discovery, and asked again on the next call.
         """
         if not self._registry_checked:
-            js = self.nc.jetstream(timeout=3.0)
+            js = JetStream(self.nc, timeout=3.0)
             registry = Registry(js, self.subjects)
 
             async def ensure() -> None:
@@ -205,7 +187,7 @@ class Fleet:
 
     async def init_registry(self, replicas: int = 1) -> bool:
         """Create the registry and audit streams (``shoal init``). True if any was created."""
-        js = self.nc.jetstream(timeout=5.0)
+        js = JetStream(self.nc, timeout=5.0)
         registry = Registry(js, self.subjects, replicas=replicas)
         created = await registry.ensure()
         created = await AuditStream(js, self.subjects, replicas=replicas).ensure() or created
@@ -220,7 +202,7 @@ class Fleet:
     ) -> list[AuditRecord]:
         """Audit records from the audit stream (hosts chosen by the selector's globs)."""
         await self.registry()
-        return await AuditStream(self.nc.jetstream(timeout=5.0), self.subjects).read(
+        return await AuditStream(JetStream(self.nc, timeout=5.0), self.subjects).read(
             selector or Selector(), since, limit
         )
 
@@ -243,7 +225,7 @@ class Fleet:
         window = self.discovery_window if window is None else window
         records: dict[str, AgentRecord] = {}
 
-        async def on_msg(msg: Msg) -> None:
+        async def on_msg(msg: Message) -> None:
             try:
                 reply = Reply.model_validate_json(msg.data)
                 if not reply.ok or reply.result is None:
@@ -257,7 +239,7 @@ class Fleet:
             )
 
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1)
+        sub = await self.nc.subscribe(inbox, on_msg)
         try:
             template = Request(
                 verb=Verb.PING, sender=self.sender, target=Target(selector=Selector())
@@ -456,7 +438,7 @@ class Fleet:
     def service_lock(self, service: str) -> ServiceLock:
         """The fleet-wide lock of ``service`` (``async with``); see :mod:`controller.locks`."""
         return ServiceLock(
-            self.nc.jetstream(timeout=LOCK_TIMEOUT),
+            JetStream(self.nc, timeout=LOCK_TIMEOUT),
             service,
             holder=f"{self.sender} (pid {os.getpid()})",
             bucket=lock_bucket_name(self.subjects),
@@ -860,7 +842,7 @@ class Fleet:
         if selector.labels:
             facts = {r.host_id: r.facts.selectable() for r in await self.agents()}
         sub = await self.nc.subscribe(self.subjects.events_all(), pending_msgs_limit=100_000)
-        await flush_in_order(self.nc)
+        await self.nc.flush_in_order()
         return self._events(sub, selector, facts)
 
     async def _events(
@@ -868,7 +850,7 @@ class Fleet:
     ) -> AsyncGenerator[AgentEvent, None]:
         head = f"{self.subjects.prefix}.events."
         try:
-            async for msg in sub.messages:
+            async for msg in sub.messages():
                 host = msg.subject[len(head) :].split(".", 1)[0]
                 try:
                     event = AgentEvent.model_validate_json(msg.data)
@@ -883,5 +865,4 @@ class Fleet:
                 if selector.matches(host, facts.get(host, {"host": host})):
                     yield event
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await sub.unsubscribe()

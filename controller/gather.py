@@ -18,9 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import nats.errors
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
 from shoal.protocol import (
@@ -35,6 +32,8 @@ from shoal.protocol import (
 )
 from shoal.protocol.chunks import CHUNK_HEADER, ChunkError, Reassembly
 from shoal.protocol.signing import canonical_bytes
+
+from .transport import Connection, Message
 
 log = logging.getLogger("shoal.controller")
 
@@ -146,7 +145,7 @@ class Gathered:
 
 
 async def gather_replies(
-    nc: NATS,
+    nc: Connection,
     subjects: Subjects,
     verb: str,
     args: dict[str, Any],
@@ -184,7 +183,7 @@ async def gather_replies(
     waiting = set(expected)
     chunks: dict[str, Reassembly] = {}
 
-    async def on_msg(msg: Msg) -> None:
+    async def on_msg(msg: Message) -> None:
         # Each host answers on its own reply subject; a message about another host is forged.
         sent_to = msg.subject.rsplit(".", 1)[-1]
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
@@ -289,7 +288,7 @@ async def gather_replies(
             all_in.set()
 
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(f"{inbox}.*", cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    sub = await nc.subscribe(f"{inbox}.*", on_msg)
     try:
         template = Request(
             id=request_id,
@@ -317,8 +316,7 @@ async def gather_replies(
             except TimeoutError:
                 continue
     finally:
-        with contextlib.suppress(nats.errors.Error):  # the connection may be gone by now
-            await sub.unsubscribe()
+        await sub.unsubscribe()
     if waiting and follow_up and nc.is_connected:
         await _ask_status(nc, subjects, result, waiting, timeout, sender, signer)
     result.missing = sorted([*waiting, *result.no_responders])
@@ -330,7 +328,7 @@ STATUS_WAIT = 3.0
 
 
 async def _ask_status(
-    nc: NATS,
+    nc: Connection,
     subjects: Subjects,
     result: Gathered,
     silent: set[str],

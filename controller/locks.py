@@ -16,15 +16,10 @@ import re
 from datetime import datetime
 from types import TracebackType
 
-import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
-
 from shoal.protocol import Subjects, utcnow
 
-from .errors import FleetError, RegistryUnavailable
-from .transport import jetstream_errors
+from .errors import FleetError, KeyExists, RegistryUnavailable, WrongRevision
+from .transport import Bucket, BucketSpec, JetStream
 
 log = logging.getLogger("shoal.controller")
 
@@ -77,7 +72,7 @@ class ServiceLock:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        js: JetStream,
         service: str,
         *,
         holder: str,
@@ -98,7 +93,7 @@ class ServiceLock:
         self.locked = False
         self.lost = False
         self.since: datetime | None = None
-        self._kv: KeyValue | None = None
+        self._kv: Bucket | None = None
         self._revision = 0
         self._refresher: asyncio.Task[None] | None = None
 
@@ -131,41 +126,31 @@ class ServiceLock:
         await self.release()
 
     async def _acquire(self) -> None:
-        async with jetstream_errors("service lock"):
-            kv = await self._bucket()
-            self.since = utcnow()
-            try:
-                self._revision = await kv.create(self.service, self._value())
-            except nats.js.errors.KeyWrongLastSequenceError:
-                holder, since = await self._current(kv)
-                raise LockHeld(self.service, holder, since) from None
-            self._kv = kv
-
-    async def _bucket(self) -> KeyValue:
+        kv = await self.js.bucket(
+            BucketSpec(
+                name=self.bucket,
+                description="Shoal rollout locks: one rollout per service at a time",
+                ttl=self.ttl,
+            ),
+            action="service lock",
+        )
+        self.since = utcnow()
         try:
-            return await self.js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            log.info("creating lock bucket %s", self.bucket)
-            return await self.js.create_key_value(
-                KeyValueConfig(
-                    bucket=self.bucket,
-                    description="Shoal rollout locks: one rollout per service at a time",
-                    history=1,
-                    ttl=self.ttl,
-                    storage=StorageType.FILE,
-                )
-            )
+            self._revision = await kv.create(self.service, self._value())
+        except KeyExists:
+            holder, since = await self._current(kv)
+            raise LockHeld(self.service, holder, since) from None
+        self._kv = kv
 
-    async def _current(self, kv: KeyValue) -> tuple[str, datetime | None]:
+    async def _current(self, kv: Bucket) -> tuple[str, datetime | None]:
         """Who holds the lock, and since when (best effort)."""
         try:
-            entry = await kv.get(self.service)
-            document = json.loads(entry.value or b"{}")
+            document = json.loads(await kv.get(self.service) or b"{}")
             since = document.get("since")
             return str(document.get("holder") or "another controller"), (
                 datetime.fromisoformat(since) if isinstance(since, str) else None
             )
-        except (nats.js.errors.NotFoundError, ValueError, AttributeError):
+        except (RegistryUnavailable, ValueError, AttributeError):
             return "another controller", None
 
     async def _refresh(self) -> None:
@@ -174,18 +159,16 @@ class ServiceLock:
         while True:
             await asyncio.sleep(self.refresh_every)  # the refresh period, not synchronisation
             try:
-                async with asyncio.timeout(self.timeout), jetstream_errors("service lock"):
-                    try:
-                        self._revision = await kv.update(
-                            self.service, self._value(), last=self._revision
-                        )
-                    except nats.js.errors.KeyWrongLastSequenceError:
-                        self.lost = True
-                        log.error(
-                            "lost the lock of service %s: it expired and was taken over",
-                            self.service,
-                        )
-                        return
+                async with asyncio.timeout(self.timeout):
+                    self._revision = await kv.update(
+                        self.service, self._value(), last=self._revision
+                    )
+            except WrongRevision:
+                self.lost = True
+                log.error(
+                    "lost the lock of service %s: it expired and was taken over", self.service
+                )
+                return
             except (RegistryUnavailable, TimeoutError) as exc:
                 log.warning("could not refresh the lock of service %s: %s", self.service, exc)
 
@@ -200,9 +183,9 @@ class ServiceLock:
         if kv is None or self.lost:
             return
         try:
-            async with asyncio.timeout(self.timeout), jetstream_errors("service lock"):
+            async with asyncio.timeout(self.timeout):
                 await kv.delete(self.service, last=self._revision)
-        except (RegistryUnavailable, TimeoutError) as exc:
+        except (RegistryUnavailable, WrongRevision, TimeoutError) as exc:
             log.warning(
                 "could not release the lock of service %s (%s); it expires within %.0fs",
                 self.service,

@@ -13,8 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import nkey
-
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
@@ -64,26 +62,11 @@ class NatsOptions(BaseModel):
             raise ValueError("a password needs a user")
         return self
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """A TLS context from the CA and client certificate files, if any are set.
-
-        Reads those files: kept here for ``connect_kwargs`` until the agent's and the
-        controller's connection code build the context themselves.
-        """
-        if self.tlsca is None and self.tlscert is None:
-            return None
-        context = ssl.create_default_context(
-            cafile=str(self.tlsca) if self.tlsca is not None else None
-        )
-        if self.tlscert is not None and self.tlskey is not None:
-            context.load_cert_chain(str(self.tlscert), str(self.tlskey))
-        return context
-
     def nats_kwargs(self, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (without callbacks or timings); no I/O.
 
-        nats-py reads the creds and nkey files itself; ``tls`` is the context built
-        from ``tlsca``/``tlscert``/``tlskey`` by the caller.
+        nats-py reads the creds and nkey files itself; ``tls`` is the context the
+        caller built from :attr:`tls_files`.
         """
         kwargs: dict[str, Any] = {"servers": list(self.servers), "name": self.name}
         if self.creds is not None:
@@ -100,17 +83,21 @@ class NatsOptions(BaseModel):
             kwargs["tls"] = tls
         return kwargs
 
-    def connect_kwargs(self) -> dict[str, Any]:
-        """``nats_kwargs`` with the TLS files loaded and the nkeys stand-in in place.
+    @property
+    def needs_nkeys(self) -> bool:
+        """Whether nats-py will sign the server's nonce (with creds or an nkey seed).
 
-        The compatible entry point for today's callers; it reads files, so new code
-        builds the TLS context on its own side and calls ``nats_kwargs``.
+        It does so with the nkeys package, which needs PyNaCl; where that has no wheel
+        (armv7), :func:`shoal.protocol.nkey.provide_nkeys_module` puts a stand-in in place.
         """
-        if self.creds is not None or self.nkey is not None:
-            # nats-py signs the server's nonce with the nkeys package, which needs
-            # PyNaCl; where that has no wheel (armv7), a stand-in does the same.
-            nkey.provide_nkeys_module()
-        return self.nats_kwargs(self.ssl_context())
+        return self.creds is not None or self.nkey is not None
+
+    @property
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None] | None:
+        """(CA, certificate, key) files to build a TLS context from; None without TLS."""
+        if self.tlsca is None and self.tlscert is None:
+            return None
+        return self.tlsca, self.tlscert, self.tlskey
 
 
 def is_auth_error(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from shoal.controller.gather import gather_replies
+from shoal.controller.transport import Connection
 from shoal.protocol import Reply, Subjects, utcnow
 from tests.stack import NatsServer
 
@@ -43,7 +44,9 @@ async def test_a_host_cannot_answer_in_another_hosts_name(nats_server: NatsServe
         await nc.subscribe(SUBJECTS.host("g-liar", "ps"), cb=liar)
         await nc.subscribe(SUBJECTS.host("g-victim", "ps"), cb=victim)
         await nc.flush()
-        gathered = await gather_replies(nc, SUBJECTS, "ps", {}, ["g-liar", "g-victim"], timeout=5)
+        gathered = await gather_replies(
+            Connection(nc), SUBJECTS, "ps", {}, ["g-liar", "g-victim"], timeout=5
+        )
         assert gathered.missing == []
         assert gathered.replies["g-victim"].result == {"value": "genuine"}
         assert gathered.replies["g-liar"].result == {"value": "liar"}
@@ -63,7 +66,9 @@ async def test_silent_hosts_are_named_and_the_wait_ends_when_all_answered(
 
         await nc.subscribe(SUBJECTS.host("g-up", "ps"), cb=answer)
         await nc.flush()
-        gathered = await gather_replies(nc, SUBJECTS, "ps", {}, ["g-up", "g-down"], timeout=30)
+        gathered = await gather_replies(
+            Connection(nc), SUBJECTS, "ps", {}, ["g-up", "g-down"], timeout=30
+        )
         assert list(gathered.replies) == ["g-up"] and gathered.missing == ["g-down"]
         # Nothing listens on g-down's subject: the server says so and nobody waits for it.
         assert gathered.no_responders == ["g-down"]

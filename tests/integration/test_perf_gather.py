@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from shoal.controller import Fleet
 from shoal.controller.gather import gather_replies
+from shoal.controller.transport import Connection
 from shoal.protocol import (
     ContainerSummary,
     ErrorCode,
@@ -97,7 +98,7 @@ async def test_results_are_typed_in_one_pass_and_invalid_ones_are_kept(
         await serve(nc)
         seen: list[Reply] = []
         gathered = await gather_replies(
-            nc,
+            Connection(nc),
             SUBJECTS,
             "ps",
             {},
@@ -140,7 +141,7 @@ async def test_the_same_reply_without_a_result_model_is_left_untyped(
     try:
         await serve(nc)
         gathered = await gather_replies(
-            nc, SUBJECTS, "ps", {}, ["pg-good", "pg-bad-result"], timeout=2
+            Connection(nc), SUBJECTS, "ps", {}, ["pg-good", "pg-bad-result"], timeout=2
         )
         assert gathered.results == {} and gathered.invalid_results == {}
         assert gathered.replies["pg-good"].result == {"containers": [CONTAINER]}

@@ -1,5 +1,6 @@
-"""Reading the registry (controller/registry.py): batched direct gets, page by page, and the
-ordered-consumer fallback for a stream without direct gets; both give the same records."""
+"""Reading the registry (controller/registry.py over controller/transport/jetstream.py):
+batched direct gets, page by page, and the ordered-consumer fallback for a stream without
+direct gets; both give the same records."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 import shoal.controller.registry as registry_module
+import shoal.controller.transport.jetstream as jetstream_module
 from shoal.controller.registry import Registry, registry_stream_name
+from shoal.controller.transport import Connection, JetStream
 from shoal.protocol import Subjects, utcnow
 from tests.factories import heartbeat
 from tests.poll import apoll
@@ -47,7 +50,7 @@ async def fill(nc: NATS, subjects: Subjects, count: int) -> list[str]:
 
 async def settled(registry: Registry, expected: int) -> None:
     async def arrived() -> bool:
-        info = await registry.js.stream_info(registry.stream)
+        info = await registry.js.raw.stream_info(registry.stream)
         return info.state.messages >= expected
 
     await apoll("the heartbeats to reach the stream", arrived, 5.0, interval=0.05)
@@ -67,33 +70,33 @@ def check(records: list[registry_module.AgentRecord], hosts: list[str]) -> None:
 async def test_a_batched_direct_get_reads_every_host_page_by_page(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry_module, "DIRECT_BATCH", 7)  # 61 hosts: 9 pages
+    monkeypatch.setattr(jetstream_module, "DIRECT_BATCH", 7)  # 61 hosts: 9 pages
     subjects = Subjects("regdirect")
     async with client(nats_server) as nc:
-        registry = Registry(nc.jetstream(timeout=5), subjects)
+        registry = Registry(JetStream(Connection(nc), timeout=5), subjects)
         await registry.ensure()
-        info = await registry.js.stream_info(registry.stream)
+        info = await registry.js.raw.stream_info(registry.stream)
         assert info.config.allow_direct
         hosts = await fill(nc, subjects, 61)
         await settled(registry, 63)
         consumer_reads = 0
-        original = Registry._read_consumer
+        original = JetStream._read_consumer
 
-        async def counted(self: Registry, offline_after: float | None) -> object:
+        async def counted(self: JetStream, name: str, subjects: str) -> object:
             nonlocal consumer_reads
             consumer_reads += 1
-            return await original(self, offline_after)
+            return await original(self, name, subjects)
 
-        monkeypatch.setattr(Registry, "_read_consumer", counted)
+        monkeypatch.setattr(JetStream, "_read_consumer", counted)
         check(await registry.read(), hosts)
         assert consumer_reads == 0
-        monkeypatch.setattr(registry_module, "DIRECT_BATCH", 5000)
+        monkeypatch.setattr(jetstream_module, "DIRECT_BATCH", 5000)
         check(await registry.read(), hosts)
 
 
 async def test_an_empty_registry_reads_as_no_hosts(nats_server: NatsServer) -> None:
     async with client(nats_server) as nc:
-        registry = Registry(nc.jetstream(timeout=5), Subjects("regempty"))
+        registry = Registry(JetStream(Connection(nc), timeout=5), Subjects("regempty"))
         await registry.ensure()
         assert await registry.read() == []
         await nc.publish(Subjects("regempty").heartbeat("reg-gone"), heartbeat("reg-gone"))
@@ -108,8 +111,8 @@ async def test_a_stream_without_direct_gets_is_read_through_a_consumer(
 ) -> None:
     subjects = Subjects("regconsumer")
     async with client(nats_server) as nc:
-        js = nc.jetstream(timeout=5)
-        await js.add_stream(  # as a registry made without direct gets would be
+        js = JetStream(Connection(nc), timeout=5)
+        await js.raw.add_stream(  # as a registry made without direct gets would be
             StreamConfig(
                 name=registry_stream_name(subjects),
                 subjects=[subjects.heartbeat_all()],
@@ -131,14 +134,14 @@ async def test_a_server_without_batched_direct_gets_is_read_through_a_consumer(
 ) -> None:
     subjects = Subjects("regolder")
     async with client(nats_server) as nc:
-        registry = Registry(nc.jetstream(timeout=5), subjects)
-        assert registry._batches_direct_gets()  # the nats-server of the tests is 2.11+
-        monkeypatch.setattr(Registry, "_batches_direct_gets", lambda self: False)
+        registry = Registry(JetStream(Connection(nc), timeout=5), subjects)
+        assert registry.js._batches_direct_gets()  # the nats-server of the tests is 2.11+
+        monkeypatch.setattr(JetStream, "_batches_direct_gets", lambda self: False)
 
-        async def no_direct_gets(self: Registry, offline_after: float | None) -> None:
+        async def no_direct_gets(self: JetStream, name: str, subjects: str) -> None:
             raise AssertionError("a direct get on a server that does not batch them")
 
-        monkeypatch.setattr(Registry, "_read_direct", no_direct_gets)
+        monkeypatch.setattr(JetStream, "_read_direct", no_direct_gets)
         await registry.ensure()
         hosts = await fill(nc, subjects, 12)
         await settled(registry, 14)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from shoal.agent.cli import EventLoopUnavailable, install_event_loop_policy
 from shoal.agent.cli import app as agent_app
 from shoal.agent.config import AgentSettings, parse_labels
+from shoal.agent.connection import connect_kwargs
 from shoal.protocol import RESERVED_LABELS
 from tests.conftest import unavailable
 
@@ -66,7 +67,7 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.docker_host == "unix:///run/user/1000/docker.sock"
     assert settings.heartbeat_interval == 2.5
     assert settings.concurrency == 3
-    kwargs = settings.nats_options("pi-kitchen").connect_kwargs()
+    kwargs = connect_kwargs(settings.nats_options("pi-kitchen"))
     assert kwargs["servers"] == ["nats://a:4222", "nats://b:4222", "tls://c:4443"]
     assert (kwargs["user"], kwargs["password"]) == ("agent", "s3cret")
     assert kwargs["name"] == "shoal-agent:pi-kitchen"
@@ -91,7 +92,7 @@ def test_common_variable_names_are_not_settings(monkeypatch: pytest.MonkeyPatch)
     assert settings.servers == ("nats://127.0.0.1:4222",)
     assert settings.host_id is None and settings.labels == {}
     assert settings.prefix == "shoal" and settings.concurrency == 8
-    assert "user" not in settings.nats_options("h").connect_kwargs()
+    assert "user" not in connect_kwargs(settings.nats_options("h"))
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,14 +36,15 @@ def run(code: str, *, blocked: tuple[str, ...], env: dict[str, str] | None = Non
 
 def test_the_agent_runs_without_pynacl_nkeys_or_pyyaml() -> None:
     out = run(
-        "import agent.cli, agent.runtime, agent.handlers, agent.deploy\n"
-        "from protocol import Signer, nkey\n"
-        "from protocol.signing import verify_document\n"
+        "import shoal.agent.cli, shoal.agent.runtime, shoal.agent.handlers, shoal.agent.deploy\n"
+        "from shoal.protocol import Signer, nkey\n"
+        "from shoal.protocol.signing import verify_document\n"
         "signer = Signer.generate()\n"
         "doc = signer.sign_document({'v': 1, 'verb': 'ps'})\n"
         "assert verify_document(doc) == signer.public_key\n"
-        "from protocol.connection import NatsOptions\n"
-        "NatsOptions(nkey='/dev/null').connect_kwargs()\n"
+        "from shoal.protocol.connection import NatsOptions\n"
+        "from shoal.agent.connection import connect_kwargs\n"
+        "connect_kwargs(NatsOptions(nkey='/dev/null'))\n"
         "import nkeys\n"
         "assert nkeys.from_seed(signer.seed).public_key == signer.public_key.encode()\n"
         "loaded = sorted(m for m in ('yaml', 'nacl') if sys.modules.get(m) is not None)\n"
@@ -61,7 +62,7 @@ def test_without_pyyaml_deploy_from_a_compose_file_says_what_to_install(tmp_path
             sys.executable,
             "-c",
             BLOCK.format(blocked=("yaml",))
-            + "from controller.cli import main\n"
+            + "from shoal.controller.cli import main\n"
             + f"sys.argv = ['shoal', 'deploy', '-f', {str(compose)!r}]\n"
             + "main()\n",
         ],

@@ -15,16 +15,6 @@ from shoal.protocol.errors import ErrorCode, ShoalError
 
 PACKAGES = ("shoal.protocol", "shoal.agent", "shoal.controller")
 
-# Exceptions the parallel parts of issue 16 move into the tree (agent-runtime:
-# runtime.py, cli.py, streams.py; compose-pkg: compose.py). The lead empties this
-# after merging; test_pending_exceptions_are_still_outside fails once one joins.
-PENDING = frozenset(
-    {
-        "shoal.agent.cli.EventLoopUnavailable",
-        "shoal.agent.streams.StreamClosed",
-    }
-)
-
 
 def _modules() -> list[str]:
     names: list[str] = []
@@ -69,22 +59,15 @@ def test_the_walk_finds_exceptions_in_every_package() -> None:
         assert any(name.startswith(package_name + ".") for name in EXCEPTIONS), package_name
 
 
-@pytest.mark.parametrize("name", sorted(set(EXCEPTIONS) - PENDING))
+@pytest.mark.parametrize("name", sorted(EXCEPTIONS))
 def test_exception_derives_from_shoal_error(name: str) -> None:
     cls = EXCEPTIONS[name]
     assert issubclass(cls, ShoalError), f"{name} does not derive from ShoalError"
     assert isinstance(cls.code, ErrorCode)
 
 
-@pytest.mark.parametrize("name", sorted(set(EXCEPTIONS) - PENDING))
+@pytest.mark.parametrize("name", sorted(EXCEPTIONS))
 def test_exception_has_a_one_line_docstring(name: str) -> None:
     doc = EXCEPTIONS[name].__dict__.get("__doc__")
     assert doc, f"{name} has no docstring"
     assert "\n" not in doc.strip(), f"{name}'s docstring is more than one line"
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_pending_exceptions_are_still_outside(name: str) -> None:
-    # Once a pending class joins the tree (or moves), drop it from PENDING.
-    assert name in EXCEPTIONS, f"{name} no longer exists: remove it from PENDING"
-    assert not issubclass(EXCEPTIONS[name], ShoalError), f"{name} joined: remove it from PENDING"

@@ -1,5 +1,5 @@
-"""Fleet.close() on a connection NATS cut off (a fake connection: the seam is the
-nats-py client the Fleet holds)."""
+"""Fleet.close() on a connection NATS cut off (a fake client: the seam is the nats-py
+client under the transport's Connection)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import nats.errors
 import pytest
 
 from shoal.controller import Fleet
+from shoal.controller.transport import Connection
 
 
 class CutOffConnection:
@@ -31,7 +32,7 @@ class CutOffConnection:
 
 def fleet_with(nc: CutOffConnection) -> Fleet:
     fleet = Fleet()
-    fleet._nc = nc  # type: ignore[assignment]
+    fleet._nc = Connection(nc)  # type: ignore[arg-type]
     return fleet
 
 

@@ -15,8 +15,8 @@ import pytest
 import shoal.controller.registry as registry_module
 from shoal.controller import Fleet
 from shoal.controller.errors import RegistryUnavailable
-from shoal.controller.registry import AgentRecord, Registry, is_transient, with_recovery
-from shoal.controller.transport import jetstream_errors
+from shoal.controller.registry import AgentRecord, Registry, with_recovery
+from shoal.controller.transport import is_transient, jetstream_errors
 from tests.factories import agent_facts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -141,8 +141,11 @@ class FakeJetStream:
 
 
 class FakeConnection:
+    """Stands in for the nats-py client under a transport Connection."""
+
     def __init__(self, js: FakeJetStream) -> None:
         self.js = js
+        self.raw = self
 
     def jetstream(self, timeout: float = 5.0) -> FakeJetStream:
         return self.js
