@@ -14,6 +14,7 @@ from .images import ImageComparison, ImageVariant, compare_images
 from .locks import LockHeld, LockLost, ServiceLock
 from .registry import AgentRecord
 from .result import ExitCode, FleetResult
+from .scope import Scope, ScopeOptions
 from .targeting import Limit, Targets, resolve_targets
 
 if TYPE_CHECKING:
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
         RolloutEvent,
         RolloutFinished,
         RolloutReport,
+        RolloutRun,
         RolloutStarted,
         WaveFinished,
         WaveStarted,
         collect_rollout,
         plan_waves,
         rollout_exit_code,
+        run_rollouts,
     )
 
 # The rollout engine loads on first use (``controller.RolloutReport``, ``Fleet.deploy``),
@@ -44,12 +47,14 @@ _ROLLOUT = frozenset(
         "RolloutEvent",
         "RolloutFinished",
         "RolloutReport",
+        "RolloutRun",
         "RolloutStarted",
         "WaveFinished",
         "WaveStarted",
         "collect_rollout",
         "plan_waves",
         "rollout_exit_code",
+        "run_rollouts",
     }
 )
 
@@ -86,7 +91,10 @@ __all__ = [
     "RolloutEvent",
     "RolloutFinished",
     "RolloutReport",
+    "RolloutRun",
     "RolloutStarted",
+    "Scope",
+    "ScopeOptions",
     "ServiceLock",
     "Targets",
     "WaveFinished",
@@ -96,5 +104,6 @@ __all__ = [
     "plan_waves",
     "resolve_targets",
     "rollout_exit_code",
+    "run_rollouts",
 ]
 __version__ = "0.1.0"

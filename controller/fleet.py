@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from pydantic import BaseModel, ValidationError
 
@@ -87,6 +87,7 @@ from .gather import (
 from .locks import LOCK_TIMEOUT, ServiceLock, lock_bucket_name
 from .registry import AgentRecord, Registry, is_online, is_transient, with_recovery
 from .result import FleetResult
+from .scope import Scope, ScopeOptions
 from .targeting import Limit, Targets, resolve_targets
 from .transport import Connection, JetStream, Message, Subscription, connect, nats_errors
 
@@ -274,43 +275,39 @@ class Fleet:
         self,
         verb: Verb,
         args: BaseModel,
+        scope: Scope | None = None,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_reply: ReplyCallback | None = None,
-        retries: int = 0,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[Any]:
-        """Send ``verb`` to every targeted host and gather one answer per host.
+        """Send ``verb`` to every host of the scope and gather one answer per host.
 
-        ``retries`` resends a verb that changes nothing to the hosts that stayed
-        silent, each time with a new request id. A verb that changes something is
-        never resent: silent hosts are asked for the request's ``status`` instead.
+        The scope is ``scope`` with ``options`` (selector, limit, timeout, retries)
+        replaced: ``fleet.ps(selector=web)`` and ``fleet.ps(scope=Scope(selector=web))``
+        are the same request. Each result in the returned :class:`FleetResult` is the
+        verb's result model (see :data:`shoal.protocol.VERBS`).
         """
         with relaxed_gc():
             return await self._request(
-                verb, args, selector, limit, timeout, on_progress, on_reply, retries
+                verb, args, Scope.of(scope, **options), on_progress, on_reply
             )
 
     async def _request(
         self,
         verb: Verb,
         args: BaseModel,
-        selector: Selector | None,
-        limit: Limit | None,
-        timeout: float | None,
+        scope: Scope,
         on_progress: ProgressCallback | None,
         on_reply: ReplyCallback | None,
-        retries: int,
     ) -> FleetResult[Any]:
         spec = VERBS[verb]
         started = time.monotonic()
-        targets = await self.resolve(selector, limit)
-        wait = self.timeout if timeout is None else timeout
+        targets = await self.resolve(scope.selector, scope.limit)
+        wait = self.timeout if scope.timeout is None else scope.timeout
         result: FleetResult[Any] = FleetResult(verb=str(verb), request_id="", targeted=targets.all)
         pending = list(targets.online)
-        attempts = 1 + (max(0, retries) if not spec.mutating else 0)
+        attempts = 1 + (max(0, scope.retries) if not spec.mutating else 0)
         gathered = None
         for _ in range(attempts):
             async with nats_errors(f"{verb} request"):
@@ -372,65 +369,42 @@ class Fleet:
     async def ping(
         self,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[AgentFacts]:
-        return await self.request(
-            Verb.PING, VERBS[Verb.PING].args(), selector=selector, limit=limit, timeout=timeout
-        )
+        return await self.request(Verb.PING, VERBS[Verb.PING].args(), scope, **options)
 
     async def ps(
         self,
         args: PsArgs | None = None,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[PsResult]:
         """Containers on every targeted host."""
-        return await self.request(
-            Verb.PS,
-            args or PsArgs(),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            retries=retries,
-        )
+        return await self.request(Verb.PS, args or PsArgs(), scope, **options)
 
     async def df(
         self,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[DfResult]:
         """Disk usage per kind on every targeted host."""
-        return await self.request(
-            Verb.DF, DfArgs(), selector=selector, limit=limit, timeout=timeout, retries=retries
-        )
+        return await self.request(Verb.DF, DfArgs(), scope, **options)
 
     async def prune(
         self,
         args: PruneArgs,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_reply: ReplyCallback | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[PruneResult]:
         """Remove unused objects (or, with ``args.dry_run``, report what would go)."""
         return await self.request(
-            Verb.PRUNE,
-            args,
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            on_progress=on_progress,
-            on_reply=on_reply,
+            Verb.PRUNE, args, scope, on_progress=on_progress, on_reply=on_reply, **options
         )
 
     # --- services and rollouts ---------------------------------------------------------
@@ -520,56 +494,40 @@ class Fleet:
         self,
         service: str | None = None,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ServicesResult]:
         """The services deployed on every targeted host (or only ``service``)."""
-        return await self.request(
-            Verb.SERVICES,
-            ServicesArgs(service=service),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-        )
+        return await self.request(Verb.SERVICES, ServicesArgs(service=service), scope, **options)
 
     async def pull(
         self,
         image: str,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_reply: ReplyCallback | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[PullResult]:
         """Pull ``image`` on every targeted host (progress phase ``pulling``, in bytes)."""
         return await self.request(
             Verb.PULL,
             PullArgs(image=image),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
+            scope,
             on_progress=on_progress,
             on_reply=on_reply,
+            **options,
         )
 
     async def remove_service(
         self,
         service: str,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[RemoveResult]:
         """Remove ``service`` (its containers) from every targeted host, all at once."""
-        return await self.request(
-            Verb.REMOVE,
-            RemoveArgs(service=service),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-        )
+        return await self.request(Verb.REMOVE, RemoveArgs(service=service), scope, **options)
 
     # --- everyday commands -------------------------------------------------------------
 
@@ -577,20 +535,11 @@ class Fleet:
         self,
         all_images: bool = False,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ImagesResult]:
         """Images on every targeted host, with their architecture."""
-        return await self.request(
-            Verb.IMAGES,
-            ImagesArgs(all=all_images),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            retries=retries,
-        )
+        return await self.request(Verb.IMAGES, ImagesArgs(all=all_images), scope, **options)
 
     async def logs(
         self,
@@ -598,20 +547,13 @@ class Fleet:
         *,
         tail: int = 100,
         since: float | None = None,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[LogsResult]:
         """The last ``tail`` log lines (of the last ``since`` seconds) of ``target`` on every
         targeted host: a container name or id, or a service (its current container)."""
         return await self.request(
-            Verb.LOGS,
-            LogsArgs(target=target, tail=tail, since=since),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            retries=retries,
+            Verb.LOGS, LogsArgs(target=target, tail=tail, since=since), scope, **options
         )
 
     async def follow_logs(
@@ -683,98 +625,61 @@ class Fleet:
         self,
         stream_id: str,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[CancelResult]:
         """Stop the log stream ``stream_id`` on the targeted hosts (where it still runs)."""
-        return await self.request(
-            Verb.CANCEL,
-            CancelArgs(stream_id=stream_id),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-        )
+        return await self.request(Verb.CANCEL, CancelArgs(stream_id=stream_id), scope, **options)
 
     async def stats(
         self,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[StatsResult]:
         """One sample of CPU, memory, network and block I/O per running container."""
-        return await self.request(
-            Verb.STATS,
-            StatsArgs(),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            retries=retries,
-        )
+        return await self.request(Verb.STATS, StatsArgs(), scope, **options)
 
     async def inspect(
         self,
         target: str,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[InspectResult]:
         """The engine's inspect document of ``target`` (container or service) on every host."""
-        return await self.request(
-            Verb.INSPECT,
-            InspectArgs(target=target),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
-            retries=retries,
-        )
+        return await self.request(Verb.INSPECT, InspectArgs(target=target), scope, **options)
 
     async def info(
         self,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[InfoResult]:
         """Engine details of every targeted host, as ``docker info`` shows them."""
-        return await self.request(
-            Verb.INFO, InfoArgs(), selector=selector, limit=limit, timeout=timeout, retries=retries
-        )
+        return await self.request(Verb.INFO, InfoArgs(), scope, **options)
 
     async def start_container(
         self,
         target: str,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ContainerActionResult]:
         """Start ``target`` (a container, or a service's current container) on every host."""
-        return await self.request(
-            Verb.START, StartArgs(target=target), selector=selector, limit=limit, timeout=timeout
-        )
+        return await self.request(Verb.START, StartArgs(target=target), scope, **options)
 
     async def stop_container(
         self,
         target: str,
         *,
         stop_timeout: int | None = None,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ContainerActionResult]:
         """Stop ``target``; ``stop_timeout`` seconds before SIGKILL [the container's own]."""
         return await self.request(
-            Verb.STOP,
-            StopArgs(target=target, timeout=stop_timeout),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
+            Verb.STOP, StopArgs(target=target, timeout=stop_timeout), scope, **options
         )
 
     async def restart_container(
@@ -782,17 +687,12 @@ class Fleet:
         target: str,
         *,
         stop_timeout: int | None = None,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ContainerActionResult]:
         """Restart ``target``; ``stop_timeout`` seconds before SIGKILL [the container's own]."""
         return await self.request(
-            Verb.RESTART,
-            RestartArgs(target=target, timeout=stop_timeout),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
+            Verb.RESTART, RestartArgs(target=target, timeout=stop_timeout), scope, **options
         )
 
     async def remove_container(
@@ -801,31 +701,23 @@ class Fleet:
         *,
         force: bool = False,
         volumes: bool = False,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[ContainerActionResult]:
         """Remove ``target`` as ``docker rm`` does (a running one only with ``force``)."""
         return await self.request(
-            Verb.RM,
-            RmArgs(target=target, force=force, volumes=volumes),
-            selector=selector,
-            limit=limit,
-            timeout=timeout,
+            Verb.RM, RmArgs(target=target, force=force, volumes=volumes), scope, **options
         )
 
     async def event_history(
         self,
         since: float,
         *,
-        selector: Selector | None = None,
-        limit: Limit | None = None,
-        timeout: float | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
     ) -> FleetResult[EventsResult]:
         """Container events of the last ``since`` seconds that the engines still hold."""
-        return await self.request(
-            Verb.EVENTS, EventsArgs(since=since), selector=selector, limit=limit, timeout=timeout
-        )
+        return await self.request(Verb.EVENTS, EventsArgs(since=since), scope, **options)
 
     async def watch_events(
         self, selector: Selector | None = None

@@ -36,8 +36,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
-from contextlib import aclosing
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -62,7 +69,7 @@ from shoal.protocol import (
 
 from .errors import FleetError
 from .gather import ProgressCallback, ReplyCallback
-from .locks import LockLost, ServiceLock
+from .locks import LockHeld, LockLost, ServiceLock
 from .result import ExitCode, FleetResult
 from .targeting import Limit, Targets
 
@@ -369,6 +376,80 @@ async def collect_rollout(
     async for event in events:
         report.add(event)
     return report
+
+
+Starter = Callable[[], AsyncGenerator[RolloutEvent, None]]
+"""Starts one service's rollout: a call that returns its events (``lambda: fleet.deploy(...)``)."""
+
+
+@dataclass
+class RolloutRun:
+    """Several services rolled out one after another (see :func:`run_rollouts`)."""
+
+    reports: list[RolloutReport]
+    """One report per service that started, in order."""
+    not_run: list[str]
+    """Services never started: after one that did not complete, or a held lock."""
+    error: str | None = None
+    """Why the run stopped early on a lock (held by another rollout, or lost)."""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The worst of the services' codes; an early stop on a lock is a host error."""
+        codes = [r.exit_code for r in self.reports]
+        if ExitCode.MISSING in codes:
+            return ExitCode.MISSING
+        if self.error is not None or ExitCode.HOST_ERROR in codes:
+            return ExitCode.HOST_ERROR
+        if ExitCode.NO_MATCH in codes:
+            return ExitCode.NO_MATCH
+        return ExitCode.OK
+
+
+async def run_rollouts(
+    rollouts: Sequence[tuple[str, Starter]],
+    *,
+    success: Iterable[str] = DEPLOYED,
+    keep_going: bool = False,
+    watch: Callable[[str], AbstractContextManager[Callable[[RolloutEvent], None]]] | None = None,
+    on_report: Callable[[RolloutReport], None] | None = None,
+) -> RolloutRun:
+    """Run rollouts one after another (in the given order, e.g. ``depends_on`` order).
+
+    A service that does not complete stops the ones after it unless ``keep_going``;
+    a held or lost lock, or no host matching, stops the run. ``watch(service)`` gives
+    a context around each rollout with a callable that sees its events as they come;
+    ``on_report`` gets each finished rollout's report.
+    """
+    done = frozenset(success)
+    result = RolloutRun([], [name for name, _ in rollouts])
+    for name, start in rollouts:
+        result.not_run.remove(name)
+        report = RolloutReport(success=done)
+        result.reports.append(report)
+        try:
+            with watch(name) if watch is not None else nullcontext(_ignore) as show:
+                async with aclosing(start()) as events:
+                    async for event in events:
+                        report.add(event)
+                        show(event)
+        except (LockHeld, LockLost) as exc:
+            result.error = exc.message
+            if not report.waves:  # never started: the lock was held
+                result.reports.pop()
+                result.not_run.insert(0, name)
+            break
+        if not report.outcomes:
+            break  # no host matched: the same for every service
+        if on_report is not None:
+            on_report(report)
+        if report.verdict != "completed" and not keep_going:
+            break
+    return result
+
+
+def _ignore(event: RolloutEvent) -> None:
+    """Events nobody watches."""
 
 
 # --- the engine -----------------------------------------------------------------------

@@ -13,16 +13,16 @@ those folders, so that type checkers and editors see the installed layout.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .controller import ExitCode, Fleet, FleetError, FleetResult
+    from .controller import ExitCode, Fleet, FleetError, FleetResult, Scope
 
 __version__ = "0.1.0"
-__all__ = ["ExitCode", "Fleet", "FleetError", "FleetResult", "__version__"]
+__all__ = ["ExitCode", "Fleet", "FleetError", "FleetResult", "Scope", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # The controller loads on first use, so that ``import shoal.agent`` on a board
     # does not import the controller too.
-    if name in ("ExitCode", "Fleet", "FleetError", "FleetResult"):
+    if name in ("ExitCode", "Fleet", "FleetError", "FleetResult", "Scope"):
         from . import controller
 
         return getattr(controller, name)

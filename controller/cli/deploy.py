@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +38,6 @@ from shoal.protocol import (
 from shoal.protocol.envelope import summarize_validation_error
 
 from ..fleet import DEFAULT_TIMEOUT, Fleet
-from ..locks import LockHeld, LockLost
 from ..result import ExitCode, FleetResult
 from ..rollout import (
     DEPLOY_TIMEOUT,
@@ -50,11 +49,14 @@ from ..rollout import (
     RollbackStarted,
     RolloutEvent,
     RolloutReport,
+    RolloutRun,
     RolloutStarted,
+    Starter,
     WaveFinished,
     WaveStarted,
     wave_size,
 )
+from ..rollout import run_rollouts as library_run_rollouts
 from .common import (
     HostsOpt,
     JsonOpt,
@@ -420,6 +422,9 @@ class RolloutOutput:
         if self.mode == "lines":
             err.print(Text(text))
 
+    def __call__(self, event: RolloutEvent) -> None:
+        self.show(event)
+
     def show(self, event: RolloutEvent) -> None:
         if self.mode == "jsonl":
             sys.stdout.write(
@@ -534,62 +539,32 @@ def verdict_line(report: RolloutReport) -> Text:
     return text
 
 
-def combined_exit(reports: list[RolloutReport], aborted: bool) -> ExitCode:
-    codes = [r.exit_code for r in reports]
-    if ExitCode.MISSING in codes:
-        return ExitCode.MISSING
-    if aborted or ExitCode.HOST_ERROR in codes:
-        return ExitCode.HOST_ERROR
-    if ExitCode.NO_MATCH in codes:
-        return ExitCode.NO_MATCH
-    return ExitCode.OK
-
-
-@dataclass
-class RolloutRun:
-    reports: list[RolloutReport]
-    not_run: list[str]
-    error: str | None = None
-
-
 async def run_rollouts(
     fleet: Fleet,
-    rollouts: list[tuple[str, Callable[[], AsyncIterator[RolloutEvent]]]],
+    rollouts: list[tuple[str, Starter]],
     mode: Mode,
     success: frozenset[str],
     keep_going: bool,
 ) -> RolloutRun:
-    """Run rollouts one after another; stop after one that did not complete."""
-    result = RolloutRun([], [name for name, _ in rollouts])
+    """The library's :func:`controller.rollout.run_rollouts`, shown as the mode says."""
+
+    def on_report(report: RolloutReport) -> None:
+        if mode not in ("jsonl", "quiet"):
+            render_rollout(report)
+            err.print(verdict_line(report))
+
+    def watch(service: str) -> RolloutOutput:
+        return RolloutOutput(mode, service)
+
     async with fleet:
-        for name, start in rollouts:
-            result.not_run.remove(name)
-            report = RolloutReport(success=success)
-            result.reports.append(report)
-            try:
-                with RolloutOutput(mode, name) as output:
-                    async for event in start():
-                        report.add(event)
-                        output.show(event)
-            except (LockHeld, LockLost) as exc:
-                result.error = exc.message
-                if not report.waves:  # never started: the lock was held
-                    result.reports.pop()
-                    result.not_run.insert(0, name)
-                break
-            if not report.outcomes:
-                break  # no host matched: the same for every service
-            if mode not in ("jsonl", "quiet"):
-                render_rollout(report)
-                err.print(verdict_line(report))
-            if report.verdict != "completed" and not keep_going:
-                break
-    return result
+        return await library_run_rollouts(
+            rollouts, success=success, keep_going=keep_going, watch=watch, on_report=on_report
+        )
 
 
 def report_rollouts(outcome: RolloutRun, mode: Mode) -> None:
     """Print the --json document, or the closing lines, and exit with the code."""
-    code = combined_exit(outcome.reports, outcome.error is not None)
+    code = outcome.exit_code
     no_match = code == ExitCode.NO_MATCH
     if mode == "quiet":
         empty = RolloutReport().to_json()
@@ -665,7 +640,7 @@ def deploy(
     sample = build_limit(limit)
     fleet = make_fleet(ctx, server, timeout)
 
-    def starter(spec: ServiceSpec) -> Callable[[], AsyncIterator[RolloutEvent]]:
+    def starter(spec: ServiceSpec) -> Starter:
         config = with_overrides(project.update_config.get(spec.name), overrides)
         back = project.rollback_config.get(spec.name)
         rollback_config = with_overrides(back, {}) if back is not None else config
@@ -733,7 +708,7 @@ def rollback(
     sample = build_limit(limit)
     fleet = make_fleet(ctx, server, timeout)
 
-    def start() -> AsyncIterator[RolloutEvent]:
+    def start() -> AsyncGenerator[RolloutEvent, None]:
         return fleet.rollback(
             service, selector=target, limit=sample, config=config, canary=canary, timeout=timeout
         )

@@ -1,22 +1,12 @@
-"""Everyday commands: images, logs, stats, events, inspect, info, start, stop, restart, rm.
-
-Each command parses, calls one Fleet method, renders with Rich and exits with the
-fleet exit codes. Commands that change containers ask first on a terminal and
-refuse without one unless given ``--yes`` (as ``shoal prune`` does).
-"""
+"""Fleet views: ``shoal images``, ``shoal stats``, ``shoal events`` and ``shoal info``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import re
-import signal
 import sys
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
@@ -25,23 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from shoal.protocol import (
-    CONTAINER_TARGET_PATTERN,
-    MAX_LOG_LINES,
     AgentEvent,
-    ContainerActionResult,
     ImagesResult,
     InfoResult,
-    InspectResult,
-    LogLine,
-    LogsResult,
-    Selector,
     StatsResult,
 )
 
-from ..fleet import DEFAULT_TIMEOUT, Fleet
+from ..fleet import DEFAULT_TIMEOUT
 from ..images import ImageComparison, compare_images
 from ..result import ExitCode, FleetResult
-from ..targeting import Limit
 from .common import (
     HostsOpt,
     JsonOpt,
@@ -55,112 +37,23 @@ from .common import (
     build_limit,
     build_selector,
     err,
-    error,
     finish,
     human_size,
     make_fleet,
     out,
-    parse_duration,
     print_json,
     render_footer,
     run,
     show_result,
-    usage_error,
     with_progress,
 )
-
-Action = Literal["start", "stop", "restart", "rm"]
-
-HOST_STYLES = (
-    "cyan",
-    "magenta",
-    "green",
-    "yellow",
-    "blue",
-    "bright_cyan",
-    "bright_magenta",
-    "bright_green",
-    "bright_yellow",
-    "bright_blue",
+from .shared import (
+    host_style,
+    interruptible,
+    is_terminal,
+    short_id,
+    since_seconds,
 )
-
-# --- shared pieces ----------------------------------------------------------------------
-
-TargetArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="CONTAINER_OR_SERVICE",
-        help="A container name or id, or a service name (then that service's current "
-        "container on each host; a service wins over a container of the same name).",
-        show_default=False,
-    ),
-]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-SinceOpt = Annotated[
-    str | None,
-    typer.Option("--since", metavar="DURATION", help="Only the last DURATION, e.g. 90s, 10m, 2h."),
-]
-
-
-def check_target(target: str) -> str:
-    if not re.fullmatch(CONTAINER_TARGET_PATTERN, target):
-        usage_error(f"invalid container or service name {target[:80]!r}")
-    return target
-
-
-def since_seconds(since: str | None) -> float | None:
-    if since is None:
-        return None
-    try:
-        return parse_duration(since)
-    except ValueError as exc:
-        usage_error(str(exc))
-
-
-def is_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
-def host_style(host: str) -> str:
-    """A stable color per host, so each host keeps its color from run to run."""
-    return HOST_STYLES[zlib.crc32(host.encode()) % len(HOST_STYLES)]
-
-
-def confirm_or_refuse(yes: bool, what: str) -> bool:
-    """Whether to ask before doing ``what``: on a terminal unless ``--yes``.
-
-    Without a terminal and without ``--yes``, refuse with exit code 2, as ``prune`` does.
-    """
-    if yes:
-        return False
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        error(f"refusing to {what} without --yes when not on a terminal")
-        raise typer.Exit(int(ExitCode.USAGE))
-    return True
-
-
-@contextlib.asynccontextmanager
-async def interruptible() -> AsyncIterator[asyncio.Event]:
-    """An event set by the first Ctrl-C (or SIGTERM); a second Ctrl-C interrupts at once."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def first(sig: signal.Signals) -> None:
-        stop.set()
-        loop.remove_signal_handler(sig)  # the next one is a plain KeyboardInterrupt
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, first, sig)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-def short_id(image_id: str) -> str:
-    return image_id.rsplit(":", 1)[-1][:12]
-
 
 # --- images -------------------------------------------------------------------------------
 
@@ -262,135 +155,6 @@ def images(
         json_=json_,
         document={**result.to_json(), "fleet": [row.model_dump() for row in spread]},
     )
-
-
-# --- logs ---------------------------------------------------------------------------------
-
-
-class LinePrinter:
-    """Prints log lines prefixed by host (colored on a terminal), or as JSON lines."""
-
-    def __init__(self, *, timestamps: bool, json_lines: bool) -> None:
-        self.timestamps = timestamps
-        self.json_lines = json_lines
-        self.color = is_terminal()
-        self.width = 0
-
-    def print(self, host: str, lines: list[LogLine]) -> None:
-        self.width = max(self.width, len(host))
-        for line in lines:
-            if self.json_lines:
-                document = {
-                    "type": "line",
-                    "host": host,
-                    "time": line.time.isoformat() if line.time else None,
-                    "text": line.text,
-                }
-                sys.stdout.write(json.dumps(document) + "\n")
-                continue
-            stamp = f"{line.time.isoformat()} " if self.timestamps and line.time else ""
-            if self.color:
-                out.print(
-                    Text.assemble((host.ljust(self.width), host_style(host)), " | ", stamp),
-                    Text(line.text),
-                    sep="",
-                    soft_wrap=True,
-                )
-            else:
-                sys.stdout.write(f"{host.ljust(self.width)} | {stamp}{line.text}\n")
-        sys.stdout.flush()
-
-
-def merged_lines(result: FleetResult[LogsResult]) -> list[tuple[str, LogLine]]:
-    """Every host's lines in one list, by time (each host's order kept)."""
-    items = [
-        (host, index, line)
-        for host, reply in sorted(result.replies.items())
-        for index, line in enumerate(reply.lines)
-    ]
-    earliest = datetime.min.replace(tzinfo=UTC)
-    items.sort(key=lambda item: item[2].time or earliest)
-    return [(host, line) for host, _, line in items]
-
-
-def logs(
-    ctx: typer.Context,
-    target: TargetArg,
-    tail: Annotated[
-        int,
-        typer.Option("--tail", "-n", min=0, max=MAX_LOG_LINES, help="Lines to show per host."),
-    ] = 100,
-    since: SinceOpt = None,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            "-f",
-            help="Stream new lines from every host at once until Ctrl-C (at most an hour).",
-        ),
-    ] = False,
-    timestamps: Annotated[
-        bool, typer.Option("--timestamps", help="Show each line's time.")
-    ] = False,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    json_: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="One JSON document; with --follow, JSON lines (one per log line)."
-        ),
-    ] = False,
-) -> None:
-    """Logs of a container, or of a service's current container, on every targeted host.
-
-    Every line is prefixed by its host. With --follow, lines stream from all hosts
-    at once; Ctrl-C stops every stream on the hosts and exits (a second Ctrl-C
-    does not wait for them).
-    """
-    check_target(target)
-    seconds = since_seconds(since)
-    selection = build_selector(host, selector)
-    sample = build_limit(limit)
-    printer = LinePrinter(timestamps=timestamps, json_lines=json_ and follow)
-
-    if follow:
-        fleet = make_fleet(ctx, server, timeout)
-
-        async def stream() -> FleetResult[LogsResult]:
-            async with fleet, interruptible() as stop:
-                return await fleet.follow_logs(
-                    target,
-                    printer.print,
-                    stop,
-                    tail=tail,
-                    since=seconds,
-                    selector=selection,
-                    limit=sample,
-                )
-
-        result = run(stream())
-        if json_:
-            sys.stdout.write(json.dumps({"type": "result", **result.to_json()}) + "\n")
-        render_footer(result)
-        finish(result)
-
-    result = ask_fleet(
-        ctx,
-        server,
-        timeout,
-        lambda fleet: fleet.logs(
-            target, tail=tail, since=seconds, selector=selection, limit=sample
-        ),
-    )
-
-    def render(result: FleetResult[LogsResult]) -> None:
-        for host_id, line in merged_lines(result):
-            printer.print(host_id, [line])
-
-    show_result(result, render, json_=json_)
 
 
 # --- stats --------------------------------------------------------------------------------
@@ -688,70 +452,7 @@ def events(
     raise typer.Exit(run(work()))
 
 
-# --- inspect and info ---------------------------------------------------------------------
-
-
-def render_inspect(result: FleetResult[InspectResult]) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    columns = (
-        "HOST",
-        "CONTAINER ID",
-        "NAME",
-        "IMAGE",
-        "STATE",
-        "HEALTH",
-        "STARTED",
-        "RESTARTS",
-        "SERVICE",
-    )
-    for column in columns:
-        table.add_column(column, no_wrap=True)
-    for host, reply in sorted(result.replies.items()):
-        details = reply.details
-        state = details.get("State") or {}
-        health = (state.get("Health") or {}).get("Status", "")
-        table.add_row(
-            host,
-            reply.container.id[:12],
-            reply.container.name,
-            str((details.get("Config") or {}).get("Image", "")),
-            str(state.get("Status", "")),
-            health or "-",
-            str(state.get("StartedAt", ""))[:19].replace("T", " ") or "-",
-            str(details.get("RestartCount", 0)),
-            reply.container.service or "-",
-        )
-    out.print(table)
-
-
-def inspect(
-    ctx: typer.Context,
-    target: TargetArg,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    retries: RetriesOpt = 0,
-    json_: Annotated[
-        bool,
-        typer.Option("--json", help="The full inspect document of every host, in one document."),
-    ] = False,
-) -> None:
-    """Inspect a container, or a service's current container, on every targeted host.
-
-    A summary table; with --json the engine's full inspect document per host.
-    """
-    check_target(target)
-    selection = build_selector(host, selector)
-    sample = build_limit(limit)
-    result = ask_fleet(
-        ctx,
-        server,
-        timeout,
-        lambda fleet: fleet.inspect(target, selector=selection, limit=sample, retries=retries),
-    )
-    show_result(result, render_inspect, json_=json_)
+# --- info ---------------------------------------------------------------------------------
 
 
 def render_info(result: FleetResult[InfoResult]) -> None:
@@ -813,245 +514,3 @@ def info(
         lambda fleet: fleet.info(selector=selection, limit=sample, retries=retries),
     )
     show_result(result, render_info, json_=json_)
-
-
-# --- start, stop, restart, rm -------------------------------------------------------------
-
-ActionAwaitable = Awaitable[FleetResult[ContainerActionResult]]
-ActionCall = Callable[[Fleet, Selector, Limit | None], ActionAwaitable]
-
-_DOING = {"start": "start", "stop": "stop", "restart": "restart", "rm": "remove"}
-
-
-def render_preview(result: FleetResult[InspectResult]) -> None:
-    """What a container action would touch, on stderr (stdout stays for the result)."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "CONTAINER ID", "NAME", "STATE", "SERVICE"):
-        table.add_column(column, no_wrap=True)
-    for host, reply in sorted(result.replies.items()):
-        c = reply.container
-        table.add_row(host, c.id[:12], c.name, c.state, c.service or "-")
-    err.print(table)
-    render_footer(result)
-
-
-def render_action(result: FleetResult[ContainerActionResult]) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "CONTAINER ID", "NAME", "SERVICE", "BEFORE", "AFTER"):
-        table.add_column(column, no_wrap=True)
-    for host, reply in sorted(result.replies.items()):
-        c = reply.container
-        table.add_row(
-            host,
-            c.id[:12],
-            c.name,
-            c.service or "-",
-            reply.before,
-            Text(reply.after, "green" if reply.changed else "dim"),
-        )
-    out.print(table)
-
-
-def run_container_action(
-    ctx: typer.Context,
-    action: Action,
-    target: str,
-    call: ActionCall,
-    *,
-    yes: bool,
-    host: list[str] | None,
-    selector: list[str] | None,
-    limit: str | None,
-    server: str | None,
-    timeout: float,
-    json_: bool,
-) -> None:
-    """The flow every container action shares: confirm on a terminal, act, report."""
-    check_target(target)
-    selection = build_selector(host, selector)
-    sample = build_limit(limit)
-    doing = _DOING[action]
-    if confirm_or_refuse(yes, f"{doing} containers"):
-
-        async def look() -> FleetResult[InspectResult]:
-            async with make_fleet(ctx, server, timeout) as fleet:
-                return await with_progress(
-                    "asking the fleet…",
-                    lambda: fleet.inspect(target, selector=selection, limit=sample),
-                )
-
-        preview = run(look())
-        render_preview(preview)
-        if not preview.replies:
-            finish(preview)
-        hosts = len(preview.replies)
-        question = f"{doing.capitalize()} {target} on {hosts} host{'s' if hosts != 1 else ''}?"
-        if not typer.confirm(question, default=False, err=True):
-            err.print("aborted; nothing changed")
-            raise typer.Exit(int(ExitCode.OK))
-        selection, sample = Selector(hosts=tuple(preview.targeted)), None
-
-    result = ask_fleet(
-        ctx, server, timeout, lambda fleet: call(fleet, selection, sample), label=f"{doing}…"
-    )
-    show_result(result, render_action, json_=json_)
-
-
-StopTimeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--time",
-        min=0,
-        max=3600,
-        metavar="SECONDS",
-        help="Seconds to wait for the container to stop before killing it. "
-        "\\[default: the container's own stop timeout]",
-        show_default=False,
-    ),
-]
-
-
-def start(
-    ctx: typer.Context,
-    target: TargetArg,
-    yes: YesOpt = False,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    json_: JsonOpt = False,
-) -> None:
-    """Start a container, or a service's current container, on every targeted host.
-
-    Needs the operator role. Asks first on a terminal; needs --yes without one.
-    """
-
-    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
-        return fleet.start_container(target, selector=sel, limit=lim)
-
-    run_container_action(
-        ctx,
-        "start",
-        target,
-        call,
-        yes=yes,
-        host=host,
-        selector=selector,
-        limit=limit,
-        server=server,
-        timeout=timeout,
-        json_=json_,
-    )
-
-
-def stop(
-    ctx: typer.Context,
-    target: TargetArg,
-    time_: StopTimeOpt = None,
-    yes: YesOpt = False,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    json_: JsonOpt = False,
-) -> None:
-    """Stop a container, or a service's current container, on every targeted host.
-
-    Needs the operator role. Asks first on a terminal; needs --yes without one.
-    """
-
-    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
-        return fleet.stop_container(target, stop_timeout=time_, selector=sel, limit=lim)
-
-    run_container_action(
-        ctx,
-        "stop",
-        target,
-        call,
-        yes=yes,
-        host=host,
-        selector=selector,
-        limit=limit,
-        server=server,
-        timeout=timeout,
-        json_=json_,
-    )
-
-
-def restart(
-    ctx: typer.Context,
-    target: TargetArg,
-    time_: StopTimeOpt = None,
-    yes: YesOpt = False,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    json_: JsonOpt = False,
-) -> None:
-    """Restart a container, or a service's current container, on every targeted host.
-
-    Needs the operator role. Asks first on a terminal; needs --yes without one.
-    """
-
-    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
-        return fleet.restart_container(target, stop_timeout=time_, selector=sel, limit=lim)
-
-    run_container_action(
-        ctx,
-        "restart",
-        target,
-        call,
-        yes=yes,
-        host=host,
-        selector=selector,
-        limit=limit,
-        server=server,
-        timeout=timeout,
-        json_=json_,
-    )
-
-
-def rm(
-    ctx: typer.Context,
-    target: TargetArg,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Remove a running container (kill it).")
-    ] = False,
-    volumes: Annotated[
-        bool, typer.Option("--volumes", "-v", help="Remove its anonymous volumes too.")
-    ] = False,
-    yes: YesOpt = False,
-    host: HostsOpt = None,
-    selector: LabelsOpt = None,
-    limit: LimitOpt = None,
-    server: ServerOpt = None,
-    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    json_: JsonOpt = False,
-) -> None:
-    """Remove a container, or a service's current container, on every targeted host.
-
-    Needs the admin role. A service keeps its record: `shoal services` shows it
-    missing, `shoal deploy` brings it back. Asks first on a terminal; needs --yes
-    without one.
-    """
-
-    def call(fleet: Fleet, sel: Selector, lim: Limit | None) -> ActionAwaitable:
-        return fleet.remove_container(target, force=force, volumes=volumes, selector=sel, limit=lim)
-
-    run_container_action(
-        ctx,
-        "rm",
-        target,
-        call,
-        yes=yes,
-        host=host,
-        selector=selector,
-        limit=limit,
-        server=server,
-        timeout=timeout,
-        json_=json_,
-    )
