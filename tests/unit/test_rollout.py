@@ -733,7 +733,10 @@ def test_flags_override_the_compose_update_config() -> None:
 
 
 def test_combined_exit_of_several_services() -> None:
-    from shoal.controller.cli.deploy import combined_exit
+    from shoal.controller.rollout import RolloutRun
+
+    def combined_exit(reports: list[RolloutReport], aborted: bool) -> ExitCode:
+        return RolloutRun(reports, [], "lock lost" if aborted else None).exit_code
 
     def report(**outcomes: Any) -> RolloutReport:
         r = RolloutReport()
