@@ -12,7 +12,9 @@ from .trust import TrustEntry
 
 audit_log = logging.getLogger("shoal.audit")
 
-_SECRET_KEY = re.compile(r"env|secret|password|passwd|token|credential|key|auth", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"env|secret|sealed|password|passwd|token|credential|key|auth", re.IGNORECASE
+)
 REDACTED = "<redacted>"
 _MAX_DEPTH = 6
 _MAX_STRING = 256

@@ -160,6 +160,15 @@ def main_command(
             "else ~/.local/state/shoal/agent]",
         ),
     ] = None,
+    files_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-dir",
+            envvar="SHOAL_FILES_DIR",
+            help="Where secret and config files are kept (0700). In a container, bind-mount it"
+            " at the same path on the host. \\[default: STATE_DIR/HOST/files]",
+        ),
+    ] = None,
     policy: Annotated[
         Path | None,
         typer.Option(
@@ -247,6 +256,7 @@ def main_command(
         "trust": trust,
         "insecure": insecure or None,
         "state_dir": state_dir,
+        "files_dir": files_dir,
         "policy": policy,
         "health_file": health_file,
         "metrics_port": metrics_port,

@@ -165,6 +165,13 @@ class AgentSettings(BaseSettings):
         description="Address the metrics server listens on (0.0.0.0 exposes it to the network).",
     )
 
+    files_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SHOAL_FILES_DIR"),
+        description="Where secret and config files are kept (default: STATE_DIR/HOST/files);"
+        " an agent in a container needs it bind-mounted at the same path on the host.",
+    )
+
     def resolved_state_dir(self, host_id: str) -> Path:
         """The state directory for this host id (default under the user's state dir)."""
         if self.state_dir is not None:

@@ -18,6 +18,7 @@ from shoal.protocol import AgentFacts, Progress, Request
 
 from .calls import EngineCalls
 from .engine import Engine
+from .files import FileStore
 from .journal import RequestJournal
 from .locks import ServiceLocks
 from .store import ServiceStore
@@ -49,6 +50,8 @@ class HostContext:
     """Facts after probing the engine again."""
     policy: Callable[[], Policy]
     keep_rules: Callable[[], KeepRules]
+    files: FileStore
+    """Secret and config files, and the key their values are sealed to."""
 
 
 class RequestContext:

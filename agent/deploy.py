@@ -18,7 +18,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,12 +114,35 @@ class Deployer:
             )
         if args.order == Order.START_FIRST and spec.network_mode == "host" and spec.ports:
             raise BadRequest("start-first cannot work with host networking and published ports")
+        if args.order == Order.START_FIRST and spec.container_name:
+            raise BadRequest(
+                f"start-first cannot work with container_name {spec.container_name!r}: two"
+                " containers cannot have one name; use stop-first"
+            )
+        if spec.secrets and not args.dry_run:
+            missing = [
+                m.key
+                for m in spec.secrets
+                if not m.external and m.key not in args.sealed.get(ctx.host_id, {})
+            ]
+            if missing:
+                raise BadRequest(
+                    f"the request carries no sealed value for {', '.join(missing)} for this host"
+                )
         with self.claim(spec.name, ctx.request.id):
             record = self.store.get(spec.name)
             if args.dry_run:
                 return await self._plan(record, spec)
             return await self._roll(
-                ctx, spec, record, args.order, args.monitor, args.health_timeout, rollback=False
+                ctx,
+                spec,
+                record,
+                args.order,
+                args.monitor,
+                args.health_timeout,
+                rollback=False,
+                wait_for=args.wait_for,
+                sealed=args.sealed.get(ctx.host_id, {}),
             )
 
     async def rollback(self, ctx: RequestContext, args: RollbackArgs) -> DeployResult:
@@ -153,6 +176,7 @@ class Deployer:
                 await self.host.calls.run(discarder(self.host.engine), container.id)
                 removed.append(container.id)
             self.store.delete(args.service)
+            self._keep_files(args.service, ServiceRecord(current=None))
             return RemoveResult(service=args.service, removed=removed)
 
     async def services(self, args: ServicesArgs) -> ServicesResult:
@@ -219,6 +243,29 @@ class Deployer:
         except NotFound:
             return None
 
+    async def _image(self, ctx: RequestContext, spec: ServiceSpec) -> ImageInfo:
+        """The service's image as its platform and pull policy say (pulled unless policy)."""
+        facts = self.host.facts()
+        if spec.platform is not None:
+            _os, _, rest = spec.platform.partition("/")
+            arch = normalize_arch(rest.partition("/")[0])[0]
+            if arch != facts.arch or _os != facts.os:
+                raise DeployFailed(
+                    f"service {spec.name} is for platform {spec.platform}, but this host is"
+                    f" {facts.os}/{facts.arch}",
+                    detail={"phase": DeployPhase.PULLING, "reason": "platform mismatch"},
+                )
+        if spec.pull_policy in ("missing", "never"):
+            info = await self.host.calls.run(self.host.engine.image_info, spec.image)
+            if info is not None:
+                return info
+            if spec.pull_policy == "never":
+                raise DeployFailed(
+                    f"image {spec.image} is not on this host and the pull policy is never",
+                    detail={"phase": DeployPhase.PULLING, "reason": "image missing"},
+                )
+        return await self._pull(ctx, spec.image)
+
     async def _pull(self, ctx: RequestContext, image: str) -> ImageInfo:
         loop = asyncio.get_running_loop()
         last = [0.0]
@@ -261,6 +308,8 @@ class Deployer:
         health_timeout: float,
         *,
         rollback: bool,
+        wait_for: str = "running",
+        sealed: Mapping[str, str] | None = None,
     ) -> DeployResult:
         calls, engine = self.host.calls, self.host.engine
         current = record.current if record is not None else None
@@ -271,7 +320,7 @@ class Deployer:
             )
         try:
             step.phase = DeployPhase.PULLING
-            info = await self._pull(ctx, spec.image)
+            info = await self._image(ctx, spec)
         except ShoalError as exc:
             raise _failed(exc, step.phase, [], current.revision if current else None) from exc
 
@@ -282,7 +331,7 @@ class Deployer:
             and current.spec_hash == spec.spec_hash()
             and current.image_id == info.id
             and old is not None
-            and old.running
+            and (old.running or (wait_for == "completed" and _completed(old)))
         )
         if unchanged:
             assert current is not None
@@ -332,11 +381,15 @@ class Deployer:
             )
         )
         self.store.put(spec.name, base.model_copy(update={"pending": pending}))
+        renamed: str | None = None
         try:
             step.phase = DeployPhase.CREATING
             await ctx.progress(step.phase, f"creating revision {revision}")
+            for attachment in spec.networks:
+                await calls.run(engine.ensure_network, attachment.network)
+            files = self._files(spec, revision, rollback=rollback, sealed=sealed or {})
             new_id = await calls.run(
-                engine.create_service_container, spec, f"{spec.name}.r{revision}", labels
+                engine.create_service_container, spec, f"{spec.name}.r{revision}", labels, files
             )
             pending = Pending(revision=pending.revision.model_copy(update={"container_id": new_id}))
             self.store.put(spec.name, base.model_copy(update={"pending": pending}))
@@ -345,15 +398,21 @@ class Deployer:
                 await ctx.progress(step.phase, f"stopping {old.name}")
                 await self._stop(old, current.spec if current else spec)
                 old_stopped = True
+            if spec.container_name:
+                renamed = await self._take_name(spec.container_name, new_id, old, current)
             step.phase = DeployPhase.STARTING
             await ctx.progress(step.phase, f"starting {spec.name}.r{revision}")
             await calls.run(engine.start_container, new_id)
             step.phase = DeployPhase.HEALTH
-            await self._wait_healthy(ctx, new_id, spec, monitor, health_timeout)
+            if wait_for == "completed":
+                await self._wait_completed(ctx, new_id, health_timeout)
+            else:
+                await self._wait_healthy(ctx, new_id, spec, monitor, health_timeout)
         except ShoalError as exc:
             logs = await self._logs(new_id) if new_id else []
-            restored = await self._restore(ctx, new_id, old, current, old_stopped)
+            restored = await self._restore(ctx, new_id, old, current, old_stopped, renamed)
             self._forget_pending(spec.name, base)
+            self._keep_files(spec.name, base)
             raise _failed(exc, step.phase, logs, restored) from exc
         pending = pending.model_copy(update={"healthy": True})
         self.store.put(spec.name, base.model_copy(update={"pending": pending}))
@@ -374,7 +433,9 @@ class Deployer:
             container_id=new_id,
             deployed_at=utcnow(),
         )
-        self.store.put(spec.name, ServiceRecord(current=new_revision, previous=current))
+        record = ServiceRecord(current=new_revision, previous=current)
+        self.store.put(spec.name, record)
+        self._keep_files(spec.name, record)
         if rollback:
             action = DeployAction.ROLLED_BACK
         else:
@@ -390,6 +451,67 @@ class Deployer:
             container_id=new_id,
             diff=spec_diff(current.spec if current else None, spec),
         )
+
+    def _files(
+        self, spec: ServiceSpec, revision: int, *, rollback: bool, sealed: Mapping[str, str]
+    ) -> dict[str, str]:
+        """The secret and config files the revision mounts: written now, or kept (rollback)."""
+        files = self.host.files
+        if rollback:
+            return files.existing(spec.name, revision, spec.secrets)
+        return files.materialize(spec.name, revision, spec.secrets, sealed)
+
+    def _keep_files(self, name: str, record: ServiceRecord) -> None:
+        """Drop the files of revisions the record no longer keeps."""
+        kept = {r.revision for r in (record.current, record.previous) if r is not None}
+        try:
+            self.host.files.keep_only(name, kept)
+        except OSError as exc:
+            log.warning("could not remove old secret files of %s: %s", name, exc)
+
+    async def _take_name(
+        self,
+        name: str,
+        new_id: str,
+        old: ContainerState | None,
+        current: Revision | None,
+    ) -> str | None:
+        """Give the new container ``container_name``; the old one keeps its revision's name.
+
+        Returns the old container's name before it was renamed (to restore it on failure).
+        """
+        calls, engine = self.host.calls, self.host.engine
+        renamed = None
+        if old is not None and old.name == name and current is not None:
+            await calls.run(engine.rename_container, old.id, f"{name}.r{current.revision}")
+            renamed = name
+        await calls.run(engine.rename_container, new_id, name)
+        return renamed
+
+    async def _wait_completed(
+        self, ctx: RequestContext, container_id: str, health_timeout: float
+    ) -> None:
+        """A task (service_completed_successfully): it must exit 0 within the timeout."""
+        engine = self.host.engine
+        started = time.monotonic()
+        deadline = started + health_timeout
+        await ctx.progress(DeployPhase.HEALTH, "waiting for the task to complete")
+        while True:
+            state = await self.host.calls.run(engine.container_state, container_id)
+            if not state.running and state.status != "created":
+                if state.exit_code == 0:
+                    return
+                raise DeployFailed(
+                    f"the task exited with code {state.exit_code}", detail={"reason": "exited"}
+                )
+            now = time.monotonic()
+            if now >= deadline:
+                raise DeployFailed(
+                    f"the task did not complete within {health_timeout:g}s",
+                    detail={"reason": "health timeout"},
+                )
+            pause = FAST_POLL if now - started < FAST_POLL_FOR else POLL
+            await asyncio.sleep(min(pause, deadline - now))
 
     def _forget_pending(self, name: str, base: ServiceRecord) -> None:
         if base.current is None:
@@ -463,8 +585,9 @@ class Deployer:
         engine = self.host.engine
         started = time.monotonic()
         first = await self.host.calls.run(engine.container_state, container_id)
-        # A healthcheck from the spec, or one the image defines.
-        has_health = spec.healthcheck is not None or bool(first.health)
+        # A healthcheck from the spec, or one the image defines (unless the spec turns it off).
+        disabled = spec.healthcheck is not None and spec.healthcheck.test == ("NONE",)
+        has_health = not disabled and (spec.healthcheck is not None or bool(first.health))
         deadline = started + (health_timeout if has_health else monitor)
         await ctx.progress(
             DeployPhase.HEALTH,
@@ -519,6 +642,7 @@ class Deployer:
         old: ContainerState | None,
         current: Revision | None,
         old_stopped: bool,
+        renamed: str | None = None,
     ) -> int | None:
         """Remove the failed container and bring the previous one back. Its revision."""
         engine = self.host.engine
@@ -530,6 +654,11 @@ class Deployer:
                 log.error("could not remove the failed container %s: %s", new_id[:12], exc.message)
         if old is None or current is None:
             return None
+        if renamed is not None:
+            try:
+                await self.host.calls.run(engine.rename_container, old.id, renamed)
+            except ShoalError as exc:
+                log.error("could not give %s its name back: %s", old.name, exc.message)
         if old_stopped:
             try:
                 await self.host.calls.run(engine.start_container, old.id)
@@ -557,6 +686,10 @@ def _failed(
             **({"cause": str(exc.code)} if not isinstance(exc, DeployFailed) else {}),
         },
     )
+
+
+def _completed(state: ContainerState) -> bool:
+    return not state.running and state.status == "exited" and state.exit_code == 0
 
 
 def _current_container(

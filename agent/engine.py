@@ -8,7 +8,7 @@ them in its bounded thread pool with a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -23,6 +23,7 @@ from shoal.protocol import (
     ServiceSpec,
     StatsResult,
 )
+from shoal.protocol.service import NetworkSpec
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -213,8 +214,20 @@ class Engine(Protocol):
     # --- services ---------------------------------------------------------------------
 
     def create_service_container(
-        self, spec: ServiceSpec, name: str, labels: dict[str, str]
-    ) -> str: ...
+        self,
+        spec: ServiceSpec,
+        name: str,
+        labels: dict[str, str],
+        files: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create (not start) a revision's container; ``files``: target -> host file (ro)."""
+        ...
+
+    def ensure_network(self, spec: NetworkSpec) -> str:
+        """Make a compose network exist as defined: ``created``, ``recreated`` or ``reused``."""
+        ...
+
+    def rename_container(self, container_id: str, name: str) -> None: ...
 
     def start_container(self, container_id: str) -> None: ...
 

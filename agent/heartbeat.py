@@ -59,6 +59,8 @@ class Heartbeat:
         self._insecure = insecure
         self.engine_info: EngineInfo | None = None
         self.docker = DockerFacts(reachable=False, error="not probed yet")
+        self.box_key: str | None = None
+        """The public half of this host's box key, once the files directory is open."""
         self.health_file: Path | None = None
 
     async def probe_engine(self) -> None:
@@ -118,6 +120,7 @@ class Heartbeat:
             sent_at=utcnow(),
             heartbeat_interval=self._settings.heartbeat_interval,
             insecure=self._insecure,
+            box_key=self.box_key,
         )
 
     async def current_facts(self) -> AgentFacts:

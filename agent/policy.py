@@ -15,6 +15,8 @@ A TOML file given with ``--policy FILE`` (env ``SHOAL_POLICY``)::
     capabilities = []         # cap_add names, e.g. ["NET_ADMIN"] (case and CAP_ ignored)
     security_opt = []         # security_opt entries (globs), e.g. ["apparmor=*"]
     bind_mounts = []          # host paths bind mounts may use (globs), e.g. ["/srv/app/*"]
+    network_drivers = []      # network drivers besides bridge and overlay, e.g. ["macvlan"]
+    volume_types = []         # local volume types with driver_opts besides tmpfs, e.g. ["nfs"]
 
 Without a file the agent uses :meth:`Policy.default`: any image, and none of
 the container privileges above. A refusal raises :class:`PolicyDenied`
@@ -51,7 +53,7 @@ from pydantic import (
 
 from shoal.protocol.envelope import summarize_validation_error
 from shoal.protocol.errors import ErrorCode, ShoalError
-from shoal.protocol.service import ServiceSpec
+from shoal.protocol.service import NetworkSpec, ServiceSpec, VolumeSpec
 
 MAX_PATTERNS = 256
 MAX_PATTERN_LENGTH = 1024
@@ -177,6 +179,8 @@ class ContainersPolicy(_Section):
     capabilities: tuple[StrictStr, ...] = ()
     security_opt: tuple[StrictStr, ...] = ()
     bind_mounts: tuple[StrictStr, ...] = ()
+    network_drivers: tuple[StrictStr, ...] = ()
+    volume_types: tuple[StrictStr, ...] = ()
 
     @field_validator("devices")
     @classmethod
@@ -427,8 +431,47 @@ def service_denials(policy: Policy, spec: ServiceSpec) -> list[Denial]:
     more += [_capability_denial(policy, cap) for cap in spec.cap_add]
     more += [_security_opt_denial(policy, opt) for opt in spec.security_opt]
     more += [_mount_denial(policy, v.type, v.source) for v in spec.volumes]
+    more += [_volume_options_denial(policy, v) for v in spec.volumes if v.driver_opts]
+    more += [_network_denial(policy, a.network) for a in spec.networks]
     denials += [d for d in more if d is not None]
     return denials
+
+
+def _volume_options_denial(policy: Policy, volume: VolumeSpec) -> Denial | None:
+    """A local volume with options: tmpfs is harmless; a bind of a host path is a bind
+    mount (checked as one); other types (nfs, cifs, ...) need ``volume_types``."""
+    opts = volume.driver_opts
+    kind = opts.get("type", "")
+    if "bind" in opts.get("o", "").split(","):
+        return _mount_denial(policy, "bind", opts.get("device", ""))
+    if kind == "tmpfs" or kind in policy.containers.volume_types:
+        return None
+    rule = "containers.volume_types"
+    return Denial(
+        rule,
+        kind,
+        f"policy denies volume {volume.source!r} of type {kind[:60]!r} (not in {rule})",
+    )
+
+
+SAFE_NETWORK_DRIVERS = frozenset({"bridge", "overlay"})
+"""Drivers that keep a container off the host's own interfaces: always allowed."""
+
+
+def _network_denial(policy: Policy, network: NetworkSpec) -> Denial | None:
+    c = policy.containers
+    if network.external and network.name == "host":
+        return _flag("containers.host_network", c.host_network, True, "the host network")
+    driver = network.driver or "bridge"
+    if network.external or driver in SAFE_NETWORK_DRIVERS or driver in c.network_drivers:
+        return None
+    rule = "containers.network_drivers"
+    return Denial(
+        rule,
+        driver,
+        f"policy denies network driver {driver[:100]!r} of network {network.name!r}"
+        f" (not in {rule})",
+    )
 
 
 def check_service(policy: Policy, spec: ServiceSpec) -> None:

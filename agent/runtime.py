@@ -42,6 +42,7 @@ from .docker import DockerEngine
 from .engine import Engine
 from .errors import AgentConfigError, AgentStartError, AgentStopped
 from .events import Events
+from .files import FileStore
 from .heartbeat import Heartbeat
 from .identity import Identity
 from .journal import RequestJournal
@@ -105,6 +106,7 @@ class Agent:
         )
         self.journal = RequestJournal(None)
         self.services = ServiceStore(None)
+        self.files = FileStore(None)
         self.locks = ServiceLocks()
         self._deployer: Deployer | None = None
         self._policy: Policy | None = None
@@ -205,6 +207,7 @@ class Agent:
             current_facts=self.heartbeat.current_facts,
             policy=lambda: self.policy,
             keep_rules=lambda: self.keep_rules,
+            files=self.files,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -244,6 +247,13 @@ class Agent:
         state_dir = self.settings.resolved_state_dir(self.host_id)
         self.journal = RequestJournal(state_dir / "requests.jsonl" if state_dir else None)
         self.services = ServiceStore(state_dir / "services" if state_dir else None)
+        self.files = FileStore(self.settings.files_dir or (state_dir / "files"))
+        try:
+            self.heartbeat.box_key = self.files.load_key()
+        except (OSError, ShoalError) as exc:
+            raise AgentStartError(f"cannot use the files directory: {exc}") from exc
+        if self.heartbeat.box_key is None:
+            log.warning("no box key (PyNaCl is not installed): this host cannot take secrets")
         self.host = self._host_context()
         self._deployer = None  # deploys with the store in the state directory from now on
         self.heartbeat.health_file = self.settings.health_file or (

@@ -8,11 +8,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from pydantic import BaseModel, ValidationError
 
@@ -56,6 +56,10 @@ from shoal.protocol import (
     RestartArgs,
     RmArgs,
     RolloutConfig,
+    SecretArgs,
+    SecretResult,
+    SecretsArgs,
+    SecretsResult,
     Selector,
     ServicesArgs,
     ServiceSpec,
@@ -430,6 +434,8 @@ class Fleet:
         timeout: float | None = None,
         health_timeout: float = 300.0,
         dry_run: bool = False,
+        values: Mapping[str, bytes] | None = None,
+        wait_for: Literal["running", "completed"] = "running",
     ) -> AsyncGenerator[RolloutEvent, None]:
         """Roll ``spec`` out to the targeted hosts in waves; iterate the events.
 
@@ -439,6 +445,10 @@ class Fleet:
         ``timeout`` is how long a host may stay silent (each progress message restarts
         it; the monitor window is added) [default 60s]. With ``dry_run`` every host
         reports what it would do, in one request, and nothing changes.
+
+        ``values`` holds the values of the spec's secrets and configs by key
+        (``ComposeProject.values``): each wave's request carries them sealed to each of
+        its hosts' box keys. ``wait_for="completed"`` deploys a task that must exit 0.
 
         The fleet-wide lock of the service is held for the whole rollout (not for a dry
         run). To stop between waves, stop iterating: closing the generator (``break``
@@ -458,6 +468,8 @@ class Fleet:
             timeout=timeout,
             health_timeout=health_timeout,
             dry_run=dry_run,
+            values=values,
+            wait_for=wait_for,
         )
 
     def rollback(
@@ -518,6 +530,45 @@ class Fleet:
             on_reply=on_reply,
             **options,
         )
+
+    async def set_secret(
+        self,
+        name: str,
+        value: bytes,
+        *,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
+    ) -> FleetResult[SecretResult]:
+        """Store secret ``name`` on every targeted host, sealed to each host's box key.
+
+        Services mount it with ``external: true``. A host without a box key is refused
+        before anything is sent (SealingError).
+        """
+        from shoal.protocol.sealing import SealingError, seal
+
+        scope = Scope.of(scope, **options)
+        targets = await self.resolve(scope.selector, scope.limit)
+        keyless = [h for h in targets.online if h not in targets.box_keys]
+        if keyless:
+            raise SealingError(
+                f"host(s) {', '.join(keyless[:10])} announce no box key (an agent older than"
+                " secrets, or without PyNaCl), so they cannot take secrets"
+            )
+        sealed = {h: seal(value, targets.box_keys[h]) for h in targets.online}
+        args = SecretArgs(action="set", name=name, sealed=sealed)
+        return await self.request(Verb.SECRET, args, scope)
+
+    async def remove_secret(
+        self, name: str, *, scope: Scope | None = None, **options: Unpack[ScopeOptions]
+    ) -> FleetResult[SecretResult]:
+        """Delete secret ``name`` from every targeted host (changed: it was there)."""
+        return await self.request(Verb.SECRET, SecretArgs(action="rm", name=name), scope, **options)
+
+    async def secrets(
+        self, *, scope: Scope | None = None, **options: Unpack[ScopeOptions]
+    ) -> FleetResult[SecretsResult]:
+        """The names of the secrets stored on every targeted host."""
+        return await self.request(Verb.SECRETS, SecretsArgs(), scope, **options)
 
     async def remove_service(
         self,

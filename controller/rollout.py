@@ -66,6 +66,7 @@ from shoal.protocol import (
     ServiceSpec,
     Verb,
 )
+from shoal.protocol.sealing import SealingError, seal
 
 from .errors import FleetError
 from .gather import ProgressCallback, ReplyCallback
@@ -531,8 +532,11 @@ class Rollout:
         timeout: float | None,
         health_timeout: float,
         dry_run: bool = False,
+        values: Mapping[str, bytes] | None = None,
     ) -> None:
         self.fleet = fleet
+        self.values = values or {}
+        self.box_keys: dict[str, str] = {}
         self.service = service
         self.verb = verb
         self.args = args
@@ -550,8 +554,43 @@ class Rollout:
         if canary < 0:
             raise InvalidParallelism(f"invalid canary count {canary}: use 0 or more hosts")
 
+    def _sealed_keys(self) -> list[str]:
+        if not isinstance(self.args, DeployArgs):
+            return []
+        return [m.key for m in self.args.service.secrets if not m.external]
+
+    def _check_sealing(self, targets: Targets) -> None:
+        """Refuse before anything is sent when a host could not open its secrets."""
+        keys = self._sealed_keys()
+        if not keys:
+            return
+        missing = [k for k in keys if k not in self.values]
+        if missing:
+            raise SealingError(f"no value given for {', '.join(missing)}")
+        keyless = [h for h in targets.online if h not in targets.box_keys]
+        if keyless:
+            raise SealingError(
+                f"host(s) {', '.join(keyless[:10])} announce no box key (an agent older than"
+                " secrets, or without PyNaCl), so they cannot take the service's secrets"
+            )
+        self.box_keys = targets.box_keys
+
+    def _args_for(self, hosts: Sequence[str]) -> BaseModel:
+        """The request for one wave: the deploy with its values sealed to each host."""
+        keys = self._sealed_keys()
+        if not keys or self.dry_run:
+            return self.args
+        assert isinstance(self.args, DeployArgs)
+        sealed = {
+            host: {key: seal(self.values[key], self.box_keys[host]) for key in keys}
+            for host in hosts
+        }
+        return self.args.model_copy(update={"sealed": sealed})
+
     async def events(self) -> AsyncGenerator[RolloutEvent, None]:
         targets = await self.fleet.resolve(self.selector, self.limit)
+        if not self.dry_run:
+            self._check_sealing(targets)
         waves = plan_waves(
             targets.online, self.config.parallelism, self.canary, offline=targets.offline
         )
@@ -591,7 +630,7 @@ class Rollout:
                     f"expired); stopped before wave {index}"
                 )
             yield WaveStarted(index, list(wave))
-            async with aclosing(self._send(self.verb, self.args, wave)) as stream:
+            async with aclosing(self._send(self.verb, self._args_for(wave), wave)) as stream:
                 async for event in stream:
                     if isinstance(event, HostFinished):
                         outcomes[event.host] = event.outcome
@@ -726,6 +765,8 @@ def deploy_rollout(
     timeout: float | None = None,
     health_timeout: float = 300.0,
     dry_run: bool = False,
+    values: Mapping[str, bytes] | None = None,
+    wait_for: Literal["running", "completed"] = "running",
 ) -> AsyncGenerator[RolloutEvent, None]:
     """The events of a rolling deploy of ``spec`` (see :meth:`Fleet.deploy`)."""
     config = config or RolloutConfig()
@@ -735,6 +776,7 @@ def deploy_rollout(
         monitor=config.monitor,
         health_timeout=health_timeout,
         dry_run=dry_run,
+        wait_for=wait_for,
     )
     return Rollout(
         fleet,
@@ -749,6 +791,7 @@ def deploy_rollout(
         timeout=timeout,
         health_timeout=health_timeout,
         dry_run=dry_run,
+        values=values,
     ).events()
 
 

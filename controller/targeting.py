@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.protocol import Selector
 
@@ -44,6 +44,8 @@ class Targets:
 
     online: list[str]
     offline: list[str]
+    box_keys: dict[str, str] = field(default_factory=dict)
+    """Matched hosts' box keys (secrets are sealed to them), for hosts that have one."""
 
     @property
     def all(self) -> list[str]:
@@ -65,4 +67,5 @@ def resolve_targets(
         chooser = rng or random.Random()
         online = sorted(chooser.sample(online, limit.count(len(online))))
         offline = []
-    return Targets(online=online, offline=offline)
+    keys = {r.host_id: r.facts.box_key for r in matched if r.facts.box_key}
+    return Targets(online=online, offline=offline, box_keys=keys)

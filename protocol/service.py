@@ -11,6 +11,10 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+NETWORK_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+CONTAINER_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+FILE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+PLATFORM_PATTERN = r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$"
 REVISION_LABEL = "shoal.revision"
 SPEC_HASH_LABEL = "shoal.spec-hash"
 
@@ -68,6 +72,19 @@ class VolumeSpec(_Model):
     source: str = Field(min_length=1, max_length=4096)
     target: str = Field(min_length=1, max_length=4096)
     read_only: bool = False
+    nocopy: bool = Field(
+        default=False, description="volume.nocopy: do not copy the image's files in."
+    )
+    create_host_path: bool = Field(
+        default=True, description="bind.create_host_path: create a missing bind source directory."
+    )
+    selinux: Literal["z", "Z"] | None = Field(
+        default=None, description="Relabel the mount: z shared, Z private (SELinux hosts)."
+    )
+    driver_opts: dict[str, str] = Field(
+        default_factory=dict, description="A named volume's local driver options."
+    )
+    volume_labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("target")
     @classmethod
@@ -83,6 +100,90 @@ class HealthSpec(_Model):
     timeout: float = Field(default=30.0, gt=0)
     retries: int = Field(default=3, ge=1, le=1000)
     start_period: float = Field(default=0.0, ge=0)
+
+
+class IpamPool(_Model):
+    """One ``ipam.config`` entry of a network."""
+
+    subnet: str | None = Field(default=None, max_length=64)
+    ip_range: str | None = Field(default=None, max_length=64)
+    gateway: str | None = Field(default=None, max_length=64)
+    aux_addresses: dict[str, str] = Field(default_factory=dict)
+
+
+class IpamSpec(_Model):
+    driver: str | None = Field(default=None, max_length=128)
+    config: tuple[IpamPool, ...] = ()
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class NetworkSpec(_Model):
+    """A network as the compose file defines it (a host creates it, or finds it if external)."""
+
+    name: str = Field(pattern=NETWORK_NAME_PATTERN, description="The engine's network name.")
+    external: bool = False
+    driver: str | None = Field(default=None, max_length=128, description="None: bridge.")
+    driver_opts: dict[str, str] = Field(default_factory=dict)
+    ipam: IpamSpec | None = None
+    internal: bool = False
+    attachable: bool = False
+    enable_ipv6: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def definition_hash(self) -> str:
+        """A stable hash of the definition, kept in the network's ``shoal.network-hash``."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class NetworkAttachment(_Model):
+    """A service's place on one network: aliases others resolve it by, a fixed address."""
+
+    network: NetworkSpec
+    aliases: tuple[str, ...] = Field(default=(), description="Besides the service name.")
+    ipv4_address: str | None = Field(default=None, max_length=64)
+    ipv6_address: str | None = Field(default=None, max_length=64)
+    priority: int = 0
+
+
+class FileMount(_Model):
+    """A secret or config mounted into the container as a file.
+
+    The value never travels in the spec: ``digest`` (a slow salted hash of it) makes a
+    changed value a changed spec, and the value itself travels sealed to each host.
+    ``external`` names a secret already stored on the host (``shoal secret set``).
+    """
+
+    kind: Literal["secret", "config"]
+    name: str = Field(pattern=FILE_NAME_PATTERN)
+    target: str = Field(min_length=2, max_length=4096)
+    uid: str | None = Field(default=None, pattern=r"^\d{1,10}$")
+    gid: str | None = Field(default=None, pattern=r"^\d{1,10}$")
+    mode: int = Field(default=0o444, ge=0, le=0o777)
+    external: bool = False
+    digest: str = Field(default="", max_length=128)
+
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"file target {value!r} must be an absolute path without '..'")
+        return value
+
+    @property
+    def key(self) -> str:
+        """The name its sealed value travels under: ``secret:NAME`` or ``config:NAME``."""
+        return f"{self.kind}:{self.name}"
+
+
+class Ulimit(_Model):
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
+
+
+class LoggingSpec(_Model):
+    driver: str | None = Field(default=None, max_length=128)
+    options: dict[str, str] = Field(default_factory=dict)
 
 
 class RolloutConfig(_Model):
@@ -124,6 +225,39 @@ class ServiceSpec(_Model):
     stop_signal: str | None = Field(default=None, max_length=32)
     stop_grace_period: float | None = Field(default=None, ge=0)
     depends_on: tuple[str, ...] = ()
+    # Added after the first release: in the spec hash only when set (see spec_hash).
+    networks: tuple[NetworkAttachment, ...] = ()
+    secrets: tuple[FileMount, ...] = Field(default=(), description="Secrets and configs.")
+    expose: tuple[str, ...] = Field(default=(), description="'80/tcp': exposed, not published.")
+    container_name: str | None = Field(default=None, pattern=CONTAINER_NAME_PATTERN)
+    platform: str | None = Field(default=None, pattern=PLATFORM_PATTERN)
+    pull_policy: Literal["always", "missing", "never"] | None = Field(
+        default=None, description="None: always pull (the deploy default)."
+    )
+    extra_hosts: tuple[str, ...] = Field(default=(), description="'name:address' entries.")
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = Field(default=(), description="'/path[:options]' entries.")
+    ulimits: dict[str, Ulimit] = Field(default_factory=dict)
+    init: bool | None = None
+    read_only: bool = False
+    shm_size: int | None = Field(default=None, gt=0, description="Bytes.")
+    sysctls: dict[str, str] = Field(default_factory=dict)
+    group_add: tuple[str, ...] = ()
+    hostname: str | None = Field(default=None, max_length=253)
+    domainname: str | None = Field(default=None, max_length=253)
+    mac_address: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
+    logging: LoggingSpec | None = None
+    mem_reservation: int | None = Field(default=None, gt=0, description="Bytes.")
+    restart_max_attempts: int | None = Field(default=None, ge=0)
+    tty: bool = False
+    stdin_open: bool = False
+    pids_limit: int | None = Field(default=None, ge=-1)
+    cpu_shares: int | None = Field(default=None, ge=0)
+    cpuset: str | None = Field(default=None, max_length=256)
+    memswap_limit: int | None = Field(default=None, ge=-1)
+    oom_score_adj: int | None = Field(default=None, ge=-1000, le=1000)
 
     @field_validator("image")
     @classmethod
@@ -138,13 +272,20 @@ class ServiceSpec(_Model):
                 raise ValueError(f"label {key!r} is reserved for Shoal")
         return value
 
+    @field_validator("container_name")
+    @classmethod
+    def _not_a_revision_name(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"\.r\d+$", value):
+            raise ValueError(f"container_name {value!r} must not end like a revision (.rN)")
+        return value
+
     def spec_hash(self) -> str:
-        """A stable hash of everything that defines the running container."""
-        canonical = json.dumps(
-            self.model_dump(mode="json", exclude={"depends_on"}),
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        """A stable hash of everything that defines the running container.
+
+        Fields added after the first release count only when set, so that an upgrade of
+        Shoal leaves the hash of an existing service as it was.
+        """
+        canonical = json.dumps(_hashable(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -152,15 +293,77 @@ class ServiceSpec(_Model):
         return [p.host_port for p in self.ports if p.host_port is not None]
 
 
+_FIRST_RELEASE_FIELDS = frozenset(
+    {
+        "name", "image", "command", "entrypoint", "environment", "ports", "volumes",
+        "restart", "labels", "healthcheck", "user", "working_dir", "network_mode",
+        "mem_limit", "cpus", "privileged", "pid", "ipc", "devices", "cap_add", "cap_drop",
+        "security_opt", "stop_signal", "stop_grace_period", "depends_on",
+    }
+)  # fmt: skip
+
+
+def _later_field_defaults() -> dict[str, Any]:
+    fields = ServiceSpec.model_fields
+    return {
+        name: json.loads(json.dumps(info.get_default(call_default_factory=True), default=list))
+        for name, info in fields.items()
+        if name not in _FIRST_RELEASE_FIELDS
+    }
+
+
+_LATER_FIELD_DEFAULTS = _later_field_defaults()
+_LATER_VOLUME_DEFAULTS: dict[str, Any] = {
+    "nocopy": False,
+    "create_host_path": True,
+    "selinux": None,
+    "driver_opts": {},
+    "volume_labels": {},
+}
+
+
+def _hashable(spec: ServiceSpec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json", exclude={"depends_on"})
+    for key in [k for k in data if data[k] == _LATER_FIELD_DEFAULTS.get(k, _UNSET)]:
+        del data[key]
+    for volume in data["volumes"]:
+        for key, default in _LATER_VOLUME_DEFAULTS.items():
+            if volume.get(key) == default:
+                del volume[key]
+    return data
+
+
+_UNSET = object()
+
+
 def spec_diff(old: ServiceSpec | None, new: ServiceSpec) -> list[str]:
     """Human lines naming what changes between two specs."""
     if old is None:
         return ["new service"]
     before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
-    lines = []
+    lines = _file_diff(old.secrets, new.secrets)
     for key in sorted(set(before) | set(after)):
+        if key == "secrets":
+            continue
         if before.get(key) != after.get(key):
             lines.append(f"{key}: {_short(before.get(key))} -> {_short(after.get(key))}")
+    return lines
+
+
+def _file_diff(old: tuple[FileMount, ...], new: tuple[FileMount, ...]) -> list[str]:
+    """Secret and config changes by name: a digest never appears in a diff."""
+    before = {m.key: m for m in old}
+    after = {m.key: m for m in new}
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if key not in before:
+            lines.append(f"{key}: added")
+        elif key not in after:
+            lines.append(f"{key}: removed")
+        elif before[key].digest != after[key].digest:
+            lines.append(f"{key}: value changed")
+        elif before[key] != after[key]:
+            lines.append(f"{key}: mount changed")
     return lines
 
 
@@ -192,12 +395,38 @@ class DeployAction(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
+SEALED_VALUE_MAX = 350_000
+"""Characters of one sealed value (base64 of a box of up to 256 KiB)."""
+
+
 class DeployArgs(_Model):
     service: ServiceSpec
     order: Order = Order.STOP_FIRST
     monitor: float = Field(default=5.0, ge=0, le=3600, description="Seconds running/healthy.")
     health_timeout: float = Field(default=300.0, gt=0, le=86400)
     dry_run: bool = False
+    wait_for: Literal["running", "completed"] = Field(
+        default="running",
+        description="completed: a task; success is exiting 0 (service_completed_successfully).",
+    )
+    sealed: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per host id, the values of the spec's secrets and configs by key"
+        " (secret:NAME), each a base64 sealed box to that host's box_key.",
+    )
+
+    @field_validator("sealed")
+    @classmethod
+    def _sealed_sizes(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for host, boxes in value.items():
+            for key, box in boxes.items():
+                if len(box) > SEALED_VALUE_MAX:
+                    raise ValueError(f"sealed value {key!r} for {host!r} is too large")
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, ("<sealed>" if name == "sealed" and value else value)
 
 
 class DeployResult(BaseModel):

@@ -12,6 +12,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from .envelope import HostId, wire_time
 from .service import (
+    FILE_NAME_PATTERN,
+    SEALED_VALUE_MAX,
     DeployArgs,
     DeployResult,
     PullArgs,
@@ -49,6 +51,8 @@ class Verb(StrEnum):
     STOP = "stop"
     RESTART = "restart"
     RM = "rm"
+    SECRET = "secret"
+    SECRETS = "secrets"
 
 
 class Role(StrEnum):
@@ -109,6 +113,11 @@ class AgentFacts(_Result):
     heartbeat_interval: float = Field(gt=0, description="Seconds between heartbeats.")
     insecure: bool = Field(
         default=False, description="True if the agent accepts unsigned requests (no trust file)."
+    )
+    box_key: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Base64 X25519 public key that secrets are sealed to (none: no secrets).",
     )
 
     def selectable(self) -> dict[str, str]:
@@ -725,6 +734,48 @@ class ContainerActionResult(_Result):
 # --- the verb table -----------------------------------------------------------
 
 
+# --- secret / secrets -----------------------------------------------------------
+
+
+class SecretArgs(_Args):
+    """Store (set) or delete (rm) a secret on the host, for services that mount it external."""
+
+    action: Literal["set", "rm"]
+    name: str = Field(pattern=FILE_NAME_PATTERN)
+    sealed: dict[str, str] = Field(
+        default_factory=dict,
+        description="set: per host id, the value sealed to that host's box_key (base64).",
+    )
+
+    @field_validator("sealed")
+    @classmethod
+    def _sizes(cls, value: dict[str, str]) -> dict[str, str]:
+        for host, box in value.items():
+            if len(box) > SEALED_VALUE_MAX:
+                raise ValueError(f"sealed value for {host!r} is too large")
+        return value
+
+    @model_validator(mode="after")
+    def _value_for_set(self) -> SecretArgs:
+        if self.action == "rm" and self.sealed:
+            raise ValueError("rm takes no value")
+        return self
+
+
+class SecretResult(_Result):
+    name: str
+    action: Literal["set", "rm"]
+    changed: bool = Field(description="set: the value differs from before; rm: it existed.")
+
+
+class SecretsArgs(_Args):
+    pass
+
+
+class SecretsResult(_Result):
+    secrets: list[str] = Field(description="Names of the secrets stored on the host.")
+
+
 @dataclass(frozen=True, slots=True)
 class VerbSpec:
     verb: Verb
@@ -798,6 +849,12 @@ VERBS: dict[Verb, VerbSpec] = {
     ),
     Verb.RM: VerbSpec(
         Verb.RM, RmArgs, ContainerActionResult, Role.ADMIN, True, "Remove a container."
+    ),
+    Verb.SECRET: VerbSpec(
+        Verb.SECRET, SecretArgs, SecretResult, Role.OPERATOR, True, "Store or delete a secret."
+    ),
+    Verb.SECRETS: VerbSpec(
+        Verb.SECRETS, SecretsArgs, SecretsResult, Role.VIEWER, False, "Names of stored secrets."
     ),
 }
 

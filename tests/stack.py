@@ -19,6 +19,7 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -598,9 +599,16 @@ class DockerEngine(_Part):
     kind = "dockerd"
     stop_deadline = ENGINE_STOP_DEADLINE
 
+    _pools = itertools.count()
+
     def __init__(self, name: str, workdir: Path) -> None:
         super().__init__(workdir)
         self.name = name
+        # Networks the engine makes take /24s of a /21 of its own in 198.18.0.0/15 (for
+        # benchmarks, not a private range), so that no test network lands on an address
+        # this machine forbids, and engines on one machine never share a subnet.
+        pool = next(self._pools) % 64
+        self.address_pool = f"198.{18 + pool // 32}.{(pool % 32) * 8}.0/21"
         self.socket_path = self.workdir / "docker.sock"
         self.data_root = self.workdir / "data"
         self.exec_root = self.workdir / "exec"
@@ -687,7 +695,13 @@ class DockerEngine(_Part):
         # Our own daemon.json keeps /etc/docker/daemon.json out, and our own key file
         # gives every engine its own ID (else they all share /etc/docker/key.json).
         config.write_text(
-            json.dumps({"deprecated-key-path": str(self.workdir / "key.json")}, indent=2)
+            json.dumps(
+                {
+                    "deprecated-key-path": str(self.workdir / "key.json"),
+                    "default-address-pools": [{"base": self.address_pool, "size": 24}],
+                },
+                indent=2,
+            )
         )
         pidfile = self.workdir / "docker.pid"
         with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import docker
@@ -23,6 +23,7 @@ from shoal.protocol import (
     ServiceSpec,
     StatsResult,
 )
+from shoal.protocol.service import NetworkSpec
 
 from ..engine import (
     ContainerEventRecord,
@@ -120,8 +121,22 @@ class DockerEngine:
     def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
         return self._call(lambda client: containers.list_containers(client, args))
 
-    def create_service_container(self, spec: ServiceSpec, name: str, labels: dict[str, str]) -> str:
-        return self._call(lambda c: containers.create_service_container(c, spec, name, labels))
+    def create_service_container(
+        self,
+        spec: ServiceSpec,
+        name: str,
+        labels: dict[str, str],
+        files: Mapping[str, str] | None = None,
+    ) -> str:
+        return self._call(
+            lambda c: containers.create_service_container(c, spec, name, labels, files)
+        )
+
+    def ensure_network(self, spec: NetworkSpec) -> str:
+        return self._call(lambda client: networks.ensure_network(client, spec))
+
+    def rename_container(self, container_id: str, name: str) -> None:
+        self._call(lambda client: containers.rename_container(client, container_id, name))
 
     def start_container(self, container_id: str) -> None:
         self._call(lambda client: containers.start_container(client, container_id))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +11,7 @@ import docker
 import docker.types
 
 from shoal.protocol import SERVICE_LABEL, ContainerSummary, PortMapping, PsArgs, ServiceSpec
+from shoal.protocol.service import NetworkAttachment
 
 from ..engine import ContainerRecord, ContainerState
 from .convert import engine_time
@@ -65,29 +68,109 @@ def _nanos(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
 
 
+def _mounts_and_binds(
+    spec: ServiceSpec, files: Mapping[str, str]
+) -> tuple[list[docker.types.Mount], list[str]]:
+    """Mounts, and the binds that create a missing host directory (``create_host_path``)."""
+    mounts: list[docker.types.Mount] = []
+    binds: list[str] = []
+    for v in spec.volumes:
+        if v.selinux or (v.type == "bind" and v.create_host_path):
+            flags = ["ro" if v.read_only else "rw"]
+            flags += [v.selinux] if v.selinux else []
+            flags += ["nocopy"] if v.nocopy else []
+            binds.append(f"{v.source}:{v.target}:{','.join(flags)}")
+        else:
+            driver = None
+            if v.driver_opts:
+                driver = docker.types.DriverConfig("local", dict(v.driver_opts))
+            mounts.append(
+                docker.types.Mount(
+                    v.target,
+                    v.source,
+                    type=v.type,
+                    read_only=v.read_only,
+                    no_copy=v.nocopy,
+                    driver_config=driver,
+                    labels=dict(v.volume_labels) or None,
+                )
+            )
+    for target, host_path in files.items():
+        mounts.append(docker.types.Mount(target, host_path, type="bind", read_only=True))
+    return mounts, binds
+
+
+def _restart_policy(spec: ServiceSpec) -> dict[str, Any] | None:
+    if not spec.restart or spec.restart == "no":
+        return None
+    policy: dict[str, Any] = {"Name": spec.restart}
+    if spec.restart == "on-failure" and spec.restart_max_attempts is not None:
+        policy["MaximumRetryCount"] = spec.restart_max_attempts
+    return policy
+
+
+def _tmpfs(entries: tuple[str, ...]) -> dict[str, str] | None:
+    out = {}
+    for entry in entries:
+        path, _, options = entry.partition(":")
+        out[path] = options
+    return out or None
+
+
+def _endpoint(api: Any, spec: ServiceSpec, attachment: NetworkAttachment) -> Any:
+    return api.create_endpoint_config(
+        aliases=[spec.name, *attachment.aliases],
+        ipv4_address=attachment.ipv4_address,
+        ipv6_address=attachment.ipv6_address,
+    )
+
+
 def create_service_container(
-    client: docker.DockerClient, spec: ServiceSpec, name: str, labels: dict[str, str]
+    client: docker.DockerClient,
+    spec: ServiceSpec,
+    name: str,
+    labels: dict[str, str],
+    files: Mapping[str, str] | None = None,
 ) -> str:
-    """Create (not start) the container for one revision of a service."""
+    """Create (not start) the container for one revision of a service.
+
+    ``files`` maps a target path in the container to the host file mounted there read-only
+    (secrets and configs). The networks must exist (:func:`.networks.ensure_network`); the
+    first is joined at create, the others before start.
+    """
     api = client.api
     port_bindings: dict[str, Any] = {}
-    exposed: list[tuple[int, str]] = []
+    exposed: list[tuple[int, str] | int] = []
     for port in spec.ports:
         key = f"{port.container_port}/{port.protocol}"
         exposed.append((port.container_port, port.protocol))
         binding = (port.host_ip, port.host_port) if port.host_ip else port.host_port
         port_bindings.setdefault(key, []).append(binding)
-    mounts = [
-        docker.types.Mount(v.target, v.source, type=v.type, read_only=v.read_only)
-        for v in spec.volumes
-    ]
+    for entry in spec.expose:
+        number, _, protocol = entry.partition("/")
+        if (int(number), protocol) not in exposed:
+            exposed.append((int(number), protocol))
+    mounts, binds = _mounts_and_binds(spec, files or {})
+    attachments = list(spec.networks)
+    network_mode = spec.network_mode
+    if attachments:
+        network_mode = attachments[0].network.name
+    logging = spec.logging
     host_config = api.create_host_config(
         port_bindings=port_bindings or None,
         mounts=mounts or None,
-        restart_policy={"Name": spec.restart} if spec.restart and spec.restart != "no" else None,
-        network_mode=spec.network_mode,
+        binds=binds or None,
+        restart_policy=_restart_policy(spec),
+        network_mode=network_mode,
         mem_limit=spec.mem_limit,
+        mem_reservation=spec.mem_reservation,
+        memswap_limit=spec.memswap_limit,
+        shm_size=spec.shm_size,
         nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+        cpu_shares=spec.cpu_shares,
+        cpuset_cpus=spec.cpuset,
+        pids_limit=spec.pids_limit,
+        oom_score_adj=spec.oom_score_adj,
         privileged=spec.privileged,
         pid_mode=spec.pid,
         ipc_mode=spec.ipc,
@@ -95,6 +178,24 @@ def create_service_container(
         cap_add=list(spec.cap_add) or None,
         cap_drop=list(spec.cap_drop) or None,
         security_opt=list(spec.security_opt) or None,
+        extra_hosts=list(spec.extra_hosts) or None,
+        dns=list(spec.dns) or None,
+        dns_search=list(spec.dns_search) or None,
+        dns_opt=list(spec.dns_opt) or None,
+        tmpfs=_tmpfs(spec.tmpfs),
+        ulimits=[
+            docker.types.Ulimit(name=n, soft=u.soft, hard=u.hard) for n, u in spec.ulimits.items()
+        ]
+        or None,
+        init=spec.init,
+        read_only=spec.read_only or None,
+        sysctls=dict(spec.sysctls) or None,
+        group_add=list(spec.group_add) or None,
+        log_config=docker.types.LogConfig(
+            type=logging.driver or "json-file", config=dict(logging.options)
+        )
+        if logging is not None
+        else None,
     )
     healthcheck = None
     if spec.healthcheck is not None:
@@ -106,6 +207,10 @@ def create_service_container(
             retries=h.retries,
             start_period=_nanos(h.start_period),
         )
+    networking = None
+    if attachments:
+        first = attachments[0]
+        networking = api.create_networking_config({first.network.name: _endpoint(api, spec, first)})
     with translate_docker_errors(f"create container {name}"):
         created = api.create_container(
             image=spec.image,
@@ -121,8 +226,34 @@ def create_service_container(
             name=name,
             stop_signal=spec.stop_signal,
             stop_timeout=int(spec.stop_grace_period) if spec.stop_grace_period else None,
+            hostname=spec.hostname,
+            domainname=spec.domainname,
+            mac_address=spec.mac_address,
+            tty=spec.tty,
+            stdin_open=spec.stdin_open,
+            networking_config=networking,
         )
-    return str(created["Id"])
+    container_id = str(created["Id"])
+    try:
+        for attachment in attachments[1:]:
+            with translate_docker_errors(f"connect {name} to network {attachment.network.name}"):
+                api.connect_container_to_network(
+                    container_id,
+                    attachment.network.name,
+                    aliases=[spec.name, *attachment.aliases],
+                    ipv4_address=attachment.ipv4_address,
+                    ipv6_address=attachment.ipv6_address,
+                )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            api.remove_container(container_id, force=True, v=True)
+        raise
+    return container_id
+
+
+def rename_container(client: docker.DockerClient, container_id: str, name: str) -> None:
+    with translate_docker_errors(f"rename container {container_id[:12]} to {name}"):
+        client.api.rename(container_id, name)
 
 
 def start_container(client: docker.DockerClient, container_id: str) -> None:

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from shoal.protocol import VERBS, ShoalError, Verb
 
 from ..context import Handler
-from . import containers, host, logs, prune, services
+from . import containers, host, logs, prune, secrets, services
 
 
 class RegistryError(ShoalError):
@@ -38,7 +38,14 @@ def build_registry(tables: Iterable[Mapping[Verb, Handler]]) -> Mapping[Verb, Ha
 
 
 HANDLERS = build_registry(
-    (host.HANDLERS, containers.HANDLERS, logs.HANDLERS, prune.HANDLERS, services.HANDLERS)
+    (
+        host.HANDLERS,
+        containers.HANDLERS,
+        logs.HANDLERS,
+        prune.HANDLERS,
+        secrets.HANDLERS,
+        services.HANDLERS,
+    )
 )
 
 __all__ = ["HANDLERS", "Handler", "RegistryError", "build_registry"]

@@ -76,6 +76,7 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "rollback": Lazy("shoal.controller.cli.deploy:rollback", "Deploy"),
     "services": Lazy("shoal.controller.cli.deploy:services", "Deploy"),
     "pull": Lazy("shoal.controller.cli.deploy:pull", "Deploy"),
+    "secret": Lazy("shoal.controller.cli.secrets:app", "Deploy", group=True),
     "up": Lazy("shoal.controller.cli.up:up", "Set-up"),
     "keys": Lazy("shoal.controller.cli.keys:app", "Security", group=True),
     "enroll": Lazy("shoal.controller.cli.security:enroll", "Security"),

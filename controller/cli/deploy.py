@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -78,6 +78,9 @@ from .common import (
     show_result,
     usage_error,
 )
+
+if TYPE_CHECKING:
+    from ..compose import ComposeProject
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
@@ -227,16 +230,13 @@ def with_overrides(base: RolloutConfig | None, overrides: dict[str, Any]) -> Rol
         usage_error(summarize_validation_error(exc))
 
 
-@dataclass
-class Project:
-    """What the commands need from a compose file."""
-
-    services: list[ServiceSpec]
-    update_config: dict[str, RolloutConfig]
-    rollback_config: dict[str, RolloutConfig]
-
-
-def load_project(file: Path | None, names: list[str]) -> Project:
+def load_project(
+    file: Path | None,
+    names: list[str],
+    *,
+    project_name: str | None = None,
+    profiles: Sequence[str] = (),
+) -> ComposeProject:
     """Read the compose file (bad file: message and exit 2)."""
     try:
         from ..compose import ComposeError, load_compose
@@ -255,7 +255,9 @@ def load_project(file: Path | None, names: list[str]) -> Project:
                 f"no compose file: give one with -f FILE (looked for {', '.join(COMPOSE_FILES)})"
             )
     try:
-        project = load_compose(file, services=tuple(names))
+        project = load_compose(
+            file, services=tuple(names), project=project_name, profiles=tuple(profiles)
+        )
     except ComposeError as exc:
         usage_error(exc.message)
     except OSError as exc:
@@ -264,7 +266,7 @@ def load_project(file: Path | None, names: list[str]) -> Project:
         err.say(("warning:", "yellow"), f" {warning}")
     if not project.services:
         usage_error(f"{file}: no service to deploy")
-    return Project(project.services, project.update_config, project.rollback_config)
+    return project
 
 
 # --- the per-host board -------------------------------------------------------------------
@@ -613,6 +615,26 @@ def deploy(
         bool,
         typer.Option("--dry-run", help="Every host says what it would do; nothing changes."),
     ] = False,
+    project_name: Annotated[
+        str | None,
+        typer.Option(
+            "--project-name",
+            "-p",
+            metavar="NAME",
+            help="Project name (names the networks). \\[default: the file's name:, else its"
+            " folder's name]",
+            show_default=False,
+        ),
+    ] = None,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profile",
+            metavar="PROFILE",
+            help="Enable services of this profile (repeatable). \\[default: COMPOSE_PROFILES]",
+            show_default=False,
+        ),
+    ] = None,
     host: HostsOpt = None,
     selector: LabelsOpt = None,
     limit: LimitOpt = None,
@@ -635,7 +657,7 @@ def deploy(
     overrides = rollout_overrides(
         parallel, delay, monitor, max_failure_ratio, failure_action, order
     )
-    project = load_project(file, services or [])
+    project = load_project(file, services or [], project_name=project_name, profiles=profile or ())
     target = build_selector(host, selector)
     sample = build_limit(limit)
     fleet = make_fleet(ctx, server, timeout)
@@ -653,6 +675,8 @@ def deploy(
             canary=canary,
             timeout=timeout,
             dry_run=dry_run,
+            values=project.values,
+            wait_for="completed" if spec.name in project.tasks else "running",
         )
 
     rollouts = [(spec.name, starter(spec)) for spec in project.services]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,10 @@ class ComposeProject:
     """A compose file read for deploy: services in depends_on order, rollout defaults.
 
     ``update_config`` and ``rollback_config`` hold an entry only for services whose
-    ``deploy`` sets one. ``warnings`` name variables that were not set and were
-    replaced by an empty string (Compose warns about those too).
+    ``deploy`` sets one. ``warnings`` name what Compose would warn about too: variables
+    that were not set, sections that are ignored. ``values`` holds the secrets' and
+    configs' values by ``secret:NAME`` (its repr names them only); ``tasks`` names the
+    services others wait on to exit 0 (``service_completed_successfully``).
     """
 
     path: Path
@@ -31,6 +34,9 @@ class ComposeProject:
     update_config: dict[str, RolloutConfig] = field(default_factory=dict)
     rollback_config: dict[str, RolloutConfig] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    project: str = ""
+    values: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    tasks: set[str] = field(default_factory=set)
 
     @property
     def names(self) -> list[str]:

@@ -7,55 +7,54 @@ naming it, and ``x-`` keys are ignored.
 from __future__ import annotations
 
 import ipaddress
-import math
 import posixpath
 import re
-import shlex
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pydantic import ValidationError
 
 from shoal.protocol.service import (
+    CONTAINER_NAME_PATTERN,
+    PLATFORM_PATTERN,
     SERVICE_NAME_PATTERN,
     FailureAction,
     HealthSpec,
+    LoggingSpec,
+    NetworkSpec,
     Order,
     PortSpec,
     RolloutConfig,
     ServiceSpec,
+    Ulimit,
     VolumeSpec,
 )
 
 from .dotenv import parse_dotenv
-from .interpolation import TemplateError, substitute
+from .files import FileSource, read_files, read_mode, read_mounts
+from .networks import DEFAULT, project_name, read_attachments, read_networks
 from .ordering import order_services
-from .project import ComposeError
+from .reader import Reader
 from .values import (
-    FALSE_WORDS,
     PORT_RANGE,
     RESTART_POLICIES,
-    TRUE_WORDS,
     VOLUME_NAME,
     model_error,
-    parse_bytes,
-    parse_duration,
     type_name,
 )
 from .yamlfile import load_yaml
 
+_TOP_LEVEL_KEYS = frozenset(
+    {"services", "version", "name", "volumes", "networks", "secrets", "configs"}
+)
 _TOP_LEVEL_REFUSED = {
-    "networks": "not supported by Shoal (services use network_mode)",
-    "configs": "not supported by Shoal",
-    "secrets": "not supported by Shoal",
-    "include": "not supported by Shoal",
+    "include": "not supported by Shoal; merge the files into one",
 }
 # Keys read by one reader each into the ServiceSpec field of the same name, when set:
 # adding such a key is one line here (and the field in shoal.protocol.service).
 _OPTIONAL_KEYS: dict[str, str] = {
-    "restart": "restart",
     "user": "string",
     "stop_signal": "string",
     "network_mode": "mode",
@@ -63,18 +62,46 @@ _OPTIONAL_KEYS: dict[str, str] = {
     "ipc": "mode",
     "working_dir": "absolute_path",
     "mem_limit": "size",
+    "mem_reservation": "size",
+    "memswap_limit": "swap_size",
+    "shm_size": "size",
     "cpus": "number",
+    "cpu_shares": "integer",
+    "cpuset": "string",
+    "pids_limit": "integer",
+    "oom_score_adj": "integer",
     "privileged": "boolean",
+    "init": "boolean",
+    "read_only": "boolean",
+    "tty": "boolean",
+    "stdin_open": "boolean",
     "cap_add": "strings",
     "cap_drop": "strings",
     "security_opt": "strings",
+    "group_add": "strings",
     "devices": "devices",
     "stop_grace_period": "duration",
+    "expose": "expose",
+    "container_name": "container_name",
+    "platform": "platform",
+    "pull_policy": "pull_policy",
+    "extra_hosts": "extra_hosts",
+    "dns": "strings_or_string",
+    "dns_search": "strings_or_string",
+    "dns_opt": "strings",
+    "tmpfs": "strings_or_string",
+    "ulimits": "ulimits",
+    "sysctls": "string_map",
+    "hostname": "string",
+    "domainname": "string",
+    "mac_address": "string",
+    "logging": "logging",
 }
 # Keys with readers of their own in ServiceReader.service().
 _SERVICE_KEYS = frozenset(
     {
         "image",
+        "build",
         "command",
         "entrypoint",
         "environment",
@@ -85,21 +112,26 @@ _SERVICE_KEYS = frozenset(
         "healthcheck",
         "depends_on",
         "deploy",
+        "restart",
+        "networks",
+        "secrets",
+        "configs",
+        "profiles",
         *_OPTIONAL_KEYS,
     }
 )
 _SERVICE_REFUSED = {
-    "build": "Shoal deploys images; build them and push to a registry",
-    "container_name": "Shoal names the containers it runs; remove container_name",
     "scale": "Shoal runs one container of a service per host; target more hosts instead",
     "extends": "not supported by Shoal; YAML anchors and merge keys (<<) work",
-    "profiles": "not supported by Shoal; name the services to deploy instead",
-    "networks": "not supported by Shoal; use network_mode",
+    "links": "not supported by Shoal; services on one network reach each other by name",
+    "external_links": "not supported by Shoal; attach the service to an external network",
+    "volumes_from": "not supported by Shoal; mount the same named volume instead",
+    "cgroup_parent": "not supported by Shoal",
+    "userns_mode": "not supported by Shoal",
+    "runtime": "not supported by Shoal",
 }
 _DEPLOY_REFUSED = {
-    "replicas": "Shoal runs one container of a service per host; target more hosts instead",
-    "restart_policy": "not supported by Shoal; use the service's restart",
-    "placement": "not supported by Shoal; choose hosts with Shoal's host targeting",
+    "endpoint_mode": "Swarm's service endpoints; not supported by Shoal",
 }
 _ROLLOUT_KEYS = (
     "parallelism",
@@ -109,6 +141,18 @@ _ROLLOUT_KEYS = (
     "max_failure_ratio",
     "order",
 )
+_PULL_POLICIES = {
+    "always": "always",
+    "missing": "missing",
+    "if_not_present": "missing",
+    "never": "never",
+}
+_RESTART_CONDITIONS = {"none": "no", "on-failure": "on-failure", "any": "always"}
+_DEPENDENCY_CONDITIONS = (
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+)
 
 
 @dataclass
@@ -116,162 +160,33 @@ class ParsedService:
     spec: ServiceSpec
     update: RolloutConfig | None
     rollback: RolloutConfig | None
+    completes_for: list[str] = field(default_factory=list)
+    """Services that wait for this one to exit 0 (service_completed_successfully)."""
 
 
-class ServiceReader:
-    def __init__(self, path: Path, label: str, env: Mapping[str, str]) -> None:
-        self.path = path
-        self.label = label
-        self.base = path.absolute().parent
-        self.env = env
-        self.warnings: list[str] = []
-        self.volumes: set[str] = set()
+class ServiceReader(Reader):
+    """Reads a compose file's services."""
 
-    # -- errors and plumbing
-
-    def fail(self, where: str, message: str) -> NoReturn:
-        raise ComposeError(f"{self.label}: {where}: {message}" if where else message)
-
-    def lookup(self, name: str) -> str | None:
-        return self.env.get(name)
-
-    def unset(self, name: str) -> None:
-        warning = f"variable {name} is not set; using an empty string"
-        if warning not in self.warnings:
-            self.warnings.append(warning)
-
-    def interpolate(self, value: Any, where: str, depth: int = 0) -> Any:
-        if depth > 50:
-            self.fail(where, "nested too deeply")
-        if isinstance(value, str):
-            try:
-                return substitute(value, self.lookup, self.unset)
-            except TemplateError as exc:
-                self.fail(where, str(exc))
-        if isinstance(value, list):
-            return [
-                self.interpolate(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)
-            ]
-        if isinstance(value, dict):
-            return {
-                key: self.interpolate(item, f"{where}.{key}", depth + 1)
-                for key, item in value.items()
-            }
-        return value
-
-    def mapping(self, value: Any, where: str, *, null_ok: bool = True) -> dict[str, Any]:
-        if value is None and null_ok:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(where, f"must be a mapping, not {type_name(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                self.fail(where, f"key {key!r} must be a string")
-        return value
-
-    def check_keys(
+    def __init__(
         self,
-        value: dict[str, Any],
-        where: str,
-        allowed: Iterable[str],
-        refused: Mapping[str, str] | None = None,
+        path: Path,
+        label: str,
+        env: Mapping[str, str],
+        *,
+        project: str | None = None,
+        profiles: Collection[str] = (),
+        wanted: Collection[str] = (),
     ) -> None:
-        allowed = set(allowed)
-        for key in value:
-            if key in allowed or key.startswith("x-"):
-                continue
-            reason = (refused or {}).get(key, "not supported by Shoal")
-            self.fail(f"{where}.{key}", reason)
-
-    def model(self, cls: type[Any], where: str, **values: Any) -> Any:
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            loc, message = model_error(exc)
-            self.fail(f"{where}{loc}" if cls is ServiceSpec else where, message)
-
-    # -- scalars
-
-    def string(self, value: Any, where: str) -> str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        self.fail(where, f"must be a string, not {type_name(value)}")
-
-    def boolean(self, value: Any, where: str) -> bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-            return value.strip().lower() in TRUE_WORDS
-        self.fail(where, f"must be true or false, not {value!r}")
-
-    def integer(self, value: Any, where: str) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
-            return int(value.strip())
-        self.fail(where, f"must be an integer, not {value!r}")
-
-    def number(self, value: Any, where: str) -> float:
-        result: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            result = float(value)
-        elif isinstance(value, str):
-            try:
-                result = float(value.strip())
-            except ValueError:
-                result = None
-        if result is None or not math.isfinite(result):
-            self.fail(where, f"must be a number, not {value!r}")
-        return result
-
-    def duration(self, value: Any, where: str) -> float:
-        seconds: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str):
-            seconds = parse_duration(value)
-        if seconds is None or not math.isfinite(seconds):
-            self.fail(where, f'must be a duration like "30s", "1m30s" or "500ms", not {value!r}')
-        if seconds < 0:
-            self.fail(where, f"must not be negative, not {value!r}")
-        return seconds
-
-    def size(self, value: Any, where: str) -> int:
-        result: int | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            result = value
-        elif isinstance(value, str):
-            result = parse_bytes(value)
-        if result is None:
-            self.fail(
-                where, f'must be a size like "512m", "1g" or a number of bytes, not {value!r}'
-            )
-        if result <= 0:
-            self.fail(where, f"must be more than 0 bytes, not {value!r}")
-        return result
-
-    def strings(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            self.fail(where, f"must be a list, not {type_name(value)}")
-        return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
-
-    def words(self, value: Any, where: str) -> tuple[str, ...] | None:
-        """command / entrypoint: a string split like a shell would, or a list."""
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                return tuple(shlex.split(value))
-            except ValueError as exc:
-                self.fail(where, f"cannot split {value!r}: {exc}")
-        return self.strings(value, where)
-
-    def no_service_ref(self, value: str, where: str) -> str:
-        if value.startswith("service:"):
-            self.fail(where, f"{value!r}: service: references are not supported by Shoal")
-        return value
+        super().__init__(path, label, env)
+        self.project = project
+        self.profiles = set(profiles)
+        self.wanted = set(wanted)
+        self.networks: dict[str, NetworkSpec] = {}
+        self.sources: dict[str, dict[str, FileSource]] = {"secret": {}, "config": {}}
+        self.values: dict[str, bytes] = {}
+        self.conditions: dict[str, dict[str, str]] = {}
+        self.volume_extras: dict[str, dict[str, Any]] = {}
+        """Per engine volume name: ``driver_opts`` and ``labels`` to create it with."""
 
     # -- the file
 
@@ -286,17 +201,26 @@ class ServiceReader:
         if doc is None:
             self.fail("", f"{self.label}: the file is empty")
         top = self.mapping(doc, "(top level)", null_ok=False)
-        allowed = {"services", "version", "name", "volumes"}
         for key in top:
-            if key not in allowed and not key.startswith("x-"):
+            if key not in _TOP_LEVEL_KEYS and not key.startswith("x-"):
                 self.fail(key, _TOP_LEVEL_REFUSED.get(key, "not supported by Shoal"))
+        self.project = self.read_project(top.get("name"))
         self.read_volumes(self.interpolate(top.get("volumes"), "volumes"))
+        self.networks = read_networks(
+            self, self.interpolate(top.get("networks"), "networks"), self.project
+        )
+        for kind in ("secret", "config"):
+            section = f"{kind}s"
+            self.sources[kind] = read_files(
+                self, self.interpolate(top.get(section), section), kind, self.values
+            )
         if top.get("services") is None:
             self.fail("services", "required")
         raw_services = self.mapping(top["services"], "services")
         if not raw_services:
             self.fail("services", "no services defined")
         parsed: dict[str, ParsedService] = {}
+        disabled: set[str] = set()
         for name, raw in raw_services.items():
             where = f"services.{name}"
             if not re.fullmatch(SERVICE_NAME_PATTERN, name):
@@ -308,9 +232,77 @@ class ServiceReader:
             body = self.mapping(raw, where)
             self.check_keys(body, where, _SERVICE_KEYS, _SERVICE_REFUSED)
             body = {k: v for k, v in body.items() if not k.startswith("x-")}
-            parsed[name] = self.service(name, self.interpolate(body, where))
+            body = self.interpolate(body, where)
+            if not self.enabled(name, body.get("profiles"), f"{where}.profiles"):
+                disabled.add(name)
+                continue
+            parsed[name] = self.service(name, body)
+        if not parsed:
+            active = ", ".join(sorted(self.profiles)) or "none"
+            self.fail("services", f"every service is in a profile that is not active ({active})")
+        self.drop_disabled_dependencies(parsed, disabled)
+        for name, conditions in self.conditions.items():
+            for dependency, condition in conditions.items():
+                if condition == "service_completed_successfully" and dependency in parsed:
+                    parsed[dependency].completes_for.append(name)
         order = order_services({n: p.spec.depends_on for n, p in parsed.items()}, self.fail)
         return parsed, order
+
+    def read_project(self, raw: Any) -> str:
+        """``-p`` first, then the file's ``name:``, then its folder's name (as Compose).
+
+        A name given outright must be a valid one; the file's ``name:`` and the folder's
+        name are normalised (lowercased, other characters dropped), as Compose does.
+        """
+        if self.project:
+            if project_name(self.project) != self.project:
+                self.fail(
+                    "",
+                    f"{self.label}: invalid project name {self.project!r}: lowercase"
+                    " letters, digits, '-' and '_', starting with a letter or digit",
+                )
+            return self.project
+        given = ""
+        if raw is not None:
+            given = self.string(self.interpolate(raw, "name"), "name")
+        if given:
+            name = project_name(given)
+            if not name:
+                self.fail("name", f"{given!r} is not a usable project name")
+            return name
+        name = project_name(self.base.name)
+        if not name:
+            self.fail(
+                "",
+                f"{self.label}: the folder's name {self.base.name!r} is not a usable project"
+                " name (lowercase letters, digits, '-', '_'); set name: in the file or give"
+                " a project name",
+            )
+        return name
+
+    def enabled(self, name: str, raw: Any, where: str) -> bool:
+        """A service without profiles is on; one with profiles when one is active or it is named."""
+        if raw is None:
+            return True
+        profiles = self.strings(raw, where)
+        if not profiles:
+            return True  # profiles: [] is no profile, as in Compose
+        return name in self.wanted or bool(self.profiles & set(profiles)) or "*" in self.profiles
+
+    def drop_disabled_dependencies(
+        self, parsed: dict[str, ParsedService], disabled: set[str]
+    ) -> None:
+        for name, service in list(parsed.items()):
+            missing = [d for d in service.spec.depends_on if d in disabled]
+            if not missing:
+                continue
+            self.warnings.append(
+                f"service {name}: depends_on {', '.join(missing)}, which is not in an"
+                " active profile; deploying without it"
+            )
+            kept = tuple(d for d in service.spec.depends_on if d not in disabled)
+            spec = service.spec.model_copy(update={"depends_on": kept})
+            parsed[name] = ParsedService(spec, service.update, service.rollback)
 
     def read_volumes(self, raw: Any) -> None:
         volumes = self.mapping(raw, "volumes")
@@ -319,11 +311,28 @@ class ServiceReader:
             if not VOLUME_NAME.fullmatch(name):
                 self.fail(where, "a volume name is letters, digits, '_', '.' or '-'")
             config = self.mapping(body, where)
-            self.check_keys(config, where, ("driver",))
+            self.check_keys(config, where, ("driver", "name", "external", "driver_opts", "labels"))
             driver = config.get("driver")
             if driver is not None and driver != "local":
                 self.fail(f"{where}.driver", f"{driver!r}: only the local driver is supported")
-            self.volumes.add(name)
+            engine_name = name
+            if config.get("name") is not None:
+                engine_name = self.string(config["name"], f"{where}.name")
+                if not VOLUME_NAME.fullmatch(engine_name):
+                    self.fail(f"{where}.name", f"{engine_name!r}: letters, digits, '_', '.', '-'")
+            external = config.get("external") is not None and self.boolean(
+                config["external"], f"{where}.external"
+            )
+            extras: dict[str, Any] = {}
+            for key, field_name in (("driver_opts", "driver_opts"), ("labels", "volume_labels")):
+                if config.get(key) is not None:
+                    if external:
+                        self.fail(
+                            f"{where}.{key}", "an external volume is defined outside the file"
+                        )
+                    extras[field_name] = self.string_map(config[key], f"{where}.{key}")
+            self.volumes[name] = engine_name
+            self.volume_extras[engine_name] = extras
 
     # -- one service
 
@@ -334,7 +343,17 @@ class ServiceReader:
             return f"{where}.{key}"
 
         if body.get("image") is None:
+            if body.get("build") is not None:
+                self.fail(
+                    at("build"),
+                    "Shoal deploys images and does not build them: build and push the image,"
+                    f" then add image: to service {name}",
+                )
             self.fail(at("image"), "required")
+        if body.get("build") is not None:
+            self.warnings.append(
+                f"service {name}: the build section is ignored; deploying image {body['image']}"
+            )
         spec: dict[str, Any] = {"name": name, "image": self.string(body["image"], at("image"))}
         spec["command"] = self.words(body.get("command"), at("command"))
         spec["entrypoint"] = self.words(body.get("entrypoint"), at("entrypoint"))
@@ -342,16 +361,137 @@ class ServiceReader:
         environment.update(self.environment(body.get("environment"), at("environment")))
         spec["environment"] = environment
         spec["ports"] = self.ports(body.get("ports"), at("ports"))
-        spec["volumes"] = self.service_volumes(body.get("volumes"), at("volumes"))
+        spec["volumes"], tmpfs = self.service_volumes(body.get("volumes"), at("volumes"))
         spec["labels"] = self.labels(body.get("labels"), at("labels"))
         spec["healthcheck"] = self.healthcheck(body.get("healthcheck"), at("healthcheck"))
+        if body.get("restart") is not None:
+            spec["restart"], attempts = self.restart(body["restart"], at("restart"))
+            if attempts is not None:
+                spec["restart_max_attempts"] = attempts
         for key, reader in _OPTIONAL_KEYS.items():
             if body.get(key) is not None:
                 spec[key] = getattr(self, reader)(body[key], at(key))
-        spec["depends_on"] = self.depends_on(body.get("depends_on"), at("depends_on"))
+        if tmpfs:
+            spec["tmpfs"] = (*spec.get("tmpfs", ()), *tmpfs)
+        spec["depends_on"] = self.depends_on(name, body.get("depends_on"), at("depends_on"))
+        spec["networks"] = self.service_networks(name, body, spec, at("networks"))
+        spec["secrets"] = tuple(
+            mount
+            for kind in ("secret", "config")
+            for mount in read_mounts(
+                self, body.get(f"{kind}s"), at(f"{kind}s"), kind, self.sources[kind]
+            )
+        )
         update, rollback = self.deploy(body.get("deploy"), at("deploy"), spec)
         service: ServiceSpec = self.model(ServiceSpec, where, **spec)
         return ParsedService(service, update, rollback)
+
+    def service_networks(
+        self, name: str, body: dict[str, Any], spec: dict[str, Any], where: str
+    ) -> tuple[Any, ...]:
+        """The service's networks; the project's default one when it names none (as Compose)."""
+        if spec.get("network_mode") is not None:
+            if body.get("networks") is not None:
+                self.fail(where, "network_mode and networks cannot be set together")
+            return ()
+        if body.get("networks") is None:
+            return read_attachments(self, [DEFAULT], where, self.networks)
+        return read_attachments(self, body["networks"], where, self.networks)
+
+    def container_name(self, value: Any, where: str) -> str:
+        text = self.string(value, where)
+        if not re.fullmatch(CONTAINER_NAME_PATTERN, text):
+            self.fail(where, f"{text!r}: a container name is letters, digits, '_', '.' or '-'")
+        return text
+
+    def platform(self, value: Any, where: str) -> str:
+        text = self.string(value, where).strip().lower()
+        if not re.fullmatch(PLATFORM_PATTERN, text):
+            self.fail(where, f"{text!r} must be OS/ARCH[/VARIANT], like linux/arm64")
+        return text
+
+    def pull_policy(self, value: Any, where: str) -> str:
+        text = self.string(value, where).strip().lower()
+        if text == "build":
+            self.fail(where, "'build': Shoal deploys images and does not build them")
+        if text not in _PULL_POLICIES:
+            self.fail(where, f"{text!r} must be always, missing or never")
+        return _PULL_POLICIES[text]
+
+    def swap_size(self, value: Any, where: str) -> int:
+        """``memswap_limit``: a size, or -1 for unlimited swap."""
+        if value in (-1, "-1"):
+            return -1
+        return self.size(value, where)
+
+    def expose(self, value: Any, where: str) -> tuple[str, ...]:
+        """``expose``: ports or ranges, ``80``, ``8000-8010/udp``, as ``PORT/PROTOCOL``."""
+        out: list[str] = []
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            here = f"{where}[{i}]"
+            text = self.string(item, here)
+            port, _, proto = text.partition("/")
+            protocol = self.protocol(proto, here) if proto else "tcp"
+            out.extend(f"{p}/{protocol}" for p in self.port_range(port, here, "port"))
+        return tuple(dict.fromkeys(out))
+
+    def extra_hosts(self, value: Any, where: str) -> tuple[str, ...]:
+        """``extra_hosts``: ``name:address`` / ``name=address`` entries, or a mapping."""
+        pairs: list[tuple[str, Any, str]] = []
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                text = self.string(item, f"{where}[{i}]")
+                sep = "=" if "=" in text else ":"
+                host, _, addr = text.partition(sep)
+                pairs.append((host, addr, f"{where}[{i}]"))
+        else:
+            for host, addr in self.mapping(value, where).items():
+                pairs.append((host, addr, f"{where}.{host}"))
+        out = []
+        for host, addr, here in pairs:
+            address = self.string(addr, here).strip()
+            if address.startswith("[") and address.endswith("]"):
+                address = address[1:-1]
+            if not host or not address:
+                self.fail(here, "must be NAME:ADDRESS")
+            if address != "host-gateway":
+                try:
+                    address = str(ipaddress.ip_address(address))
+                except ValueError:
+                    self.fail(here, f"{address!r} is not an IP address (or host-gateway)")
+            out.append(f"{host}:{address}")
+        return tuple(out)
+
+    def ulimits(self, value: Any, where: str) -> dict[str, Ulimit]:
+        """``ulimits``: ``name: N`` or ``name: {soft, hard}``."""
+        out: dict[str, Ulimit] = {}
+        for name, limit in self.mapping(value, where).items():
+            here = f"{where}.{name}"
+            if not re.fullmatch(r"[a-z]+", name):
+                self.fail(here, f"{name!r} is not a ulimit name (nofile, nproc, memlock, ...)")
+            if isinstance(limit, dict):
+                body = self.mapping(limit, here)
+                self.check_keys(body, here, ("soft", "hard"))
+                if body.get("soft") is None or body.get("hard") is None:
+                    self.fail(here, "needs both soft and hard")
+                soft = self.integer(body["soft"], f"{here}.soft")
+                hard = self.integer(body["hard"], f"{here}.hard")
+            else:
+                soft = hard = self.integer(limit, here)
+            if hard != -1 and soft > hard:
+                self.fail(here, f"soft limit {soft} is above the hard limit {hard}")
+            out[name] = self.model(Ulimit, here, soft=soft, hard=hard)
+        return out
+
+    def logging(self, value: Any, where: str) -> LoggingSpec:
+        body = self.mapping(value, where)
+        self.check_keys(body, where, ("driver", "options"))
+        driver = None
+        if body.get("driver") is not None:
+            driver = self.string(body["driver"], f"{where}.driver")
+        options = self.string_map(body.get("options"), f"{where}.options")
+        logging: LoggingSpec = self.model(LoggingSpec, where, driver=driver, options=options)
+        return logging
 
     def mode(self, value: Any, where: str) -> str:
         """``network_mode``, ``pid``, ``ipc``: a mode string, never ``service:NAME``."""
@@ -425,33 +565,17 @@ class ServiceReader:
                 self.fail(here, f"{file}: {exc}")
         return out
 
-    def labels(self, value: Any, where: str) -> dict[str, str]:
-        out: dict[str, str] = {}
-        if value is None:
-            return out
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                key, _, val = self.string(item, f"{where}[{i}]").partition("=")
-                if not key:
-                    self.fail(f"{where}[{i}]", f"{item!r} has no label name")
-                out[key] = val
-            return out
-        for key, val in self.mapping(value, where).items():
-            if val is None:
-                out[key] = ""
-            elif isinstance(val, bool):
-                out[key] = "true" if val else "false"
-            else:
-                out[key] = self.string(val, f"{where}.{key}")
-        return out
-
-    def restart(self, value: Any, where: str) -> str:
+    def restart(self, value: Any, where: str) -> tuple[str, int | None]:
+        """``restart``: a policy, and ``on-failure:N``'s retry limit."""
         text = self.string(value, where)
         if text.startswith("on-failure:"):
-            self.fail(where, f"{text!r}: a retry limit is not supported by Shoal; use on-failure")
+            count = text.partition(":")[2]
+            if not count.isdigit():
+                self.fail(where, f"{text!r}: the retry limit must be a number (on-failure:3)")
+            return "on-failure", int(count)
         if text not in RESTART_POLICIES:
             self.fail(where, f"{text!r} must be one of {', '.join(RESTART_POLICIES)}")
-        return text
+        return text, None
 
     # -- ports
 
@@ -583,21 +707,48 @@ class ServiceReader:
                 f"named volume {source!r} is not declared under the top-level volumes"
                 " (a bind mount's source starts with '/', '.' or '~')",
             )
-        return source
+        return self.volumes[source]
 
-    def service_volumes(self, value: Any, where: str) -> tuple[VolumeSpec, ...]:
+    def service_volumes(
+        self, value: Any, where: str
+    ) -> tuple[tuple[VolumeSpec, ...], tuple[str, ...]]:
+        """Mounts, and the ``type: tmpfs`` entries as ``tmpfs`` strings."""
         if value is None:
-            return ()
+            return (), ()
         if not isinstance(value, list):
             self.fail(where, f"must be a list, not {type_name(value)}")
         out: list[VolumeSpec] = []
+        tmpfs: list[str] = []
         for i, item in enumerate(value):
             here = f"{where}[{i}]"
             if isinstance(item, dict):
-                out.append(self.volume_long(self.mapping(item, here), here))
+                body = self.mapping(item, here)
+                if body.get("type") == "tmpfs":
+                    tmpfs.append(self.volume_tmpfs(body, here))
+                else:
+                    out.append(self.volume_long(body, here))
             else:
                 out.append(self.volume_short(self.string(item, here), here))
-        return tuple(out)
+        return tuple(out), tuple(tmpfs)
+
+    def volume_tmpfs(self, body: dict[str, Any], where: str) -> str:
+        self.check_keys(body, where, ("type", "target", "read_only", "tmpfs"))
+        if body.get("target") is None:
+            self.fail(f"{where}.target", "required")
+        target = self.absolute_path(body["target"], f"{where}.target")
+        options = self.mapping(body.get("tmpfs"), f"{where}.tmpfs")
+        self.check_keys(options, f"{where}.tmpfs", ("size", "mode"))
+        parts = []
+        if options.get("size") is not None:
+            parts.append(f"size={self.size(options['size'], f'{where}.tmpfs.size')}")
+        if options.get("mode") is not None:
+            mode = read_mode(self, options["mode"], f"{where}.tmpfs.mode", highest=0o7777)
+            parts.append(f"mode={mode:o}")
+        if body.get("read_only") is not None and self.boolean(
+            body["read_only"], f"{where}.read_only"
+        ):
+            parts.append("ro")
+        return f"{target}:{','.join(parts)}" if parts else target
 
     def volume_short(self, text: str, where: str) -> VolumeSpec:
         """``SOURCE:TARGET[:MODE]``; a bare ``TARGET`` (anonymous volume) is refused."""
@@ -612,10 +763,15 @@ class ServiceReader:
             self.fail(where, f"{text!r} must be SOURCE:TARGET[:MODE]")
         source, target = parts[0], parts[1]
         read_only = False
+        options: dict[str, Any] = {}
         if len(parts) == 3:
             for option in parts[2].split(","):
                 if option in ("ro", "rw"):
                     read_only = option == "ro"
+                elif option in ("z", "Z"):
+                    options["selinux"] = option
+                elif option == "nocopy":
+                    options["nocopy"] = True
                 elif option not in ("consistent", "cached", "delegated"):
                     self.fail(where, f"{text!r}: volume option {option!r} is not supported")
         if not source:
@@ -624,20 +780,35 @@ class ServiceReader:
             self.fail(where, f"{text!r}: the target {target!r} must be an absolute path")
         if source.startswith((".", "/", "~")):
             kind, source = "bind", self.bind_source(source, where)
+            if options.get("nocopy"):
+                self.fail(where, f"{text!r}: nocopy is for named volumes")
         else:
             kind, source = "volume", self.named_volume(source, where)
+            options.update(self.volume_extras.get(source, {}))
         volume: VolumeSpec = self.model(
-            VolumeSpec, where, type=kind, source=source, target=target, read_only=read_only
+            VolumeSpec,
+            where,
+            type=kind,
+            source=source,
+            target=target,
+            read_only=read_only,
+            **options,
         )
         return volume
 
     def volume_long(self, body: dict[str, Any], where: str) -> VolumeSpec:
-        self.check_keys(body, where, ("type", "source", "target", "read_only", "consistency"))
+        self.check_keys(
+            body,
+            where,
+            ("type", "source", "target", "read_only", "consistency", "volume", "bind"),
+        )
         kind = body.get("type")
         if kind is None:
-            self.fail(f"{where}.type", "required (volume or bind)")
+            self.fail(f"{where}.type", "required (volume, bind or tmpfs)")
         if kind not in ("volume", "bind"):
-            self.fail(f"{where}.type", f"{kind!r} is not supported by Shoal; use volume or bind")
+            self.fail(
+                f"{where}.type", f"{kind!r} is not supported by Shoal; use volume, bind or tmpfs"
+            )
         if body.get("target") is None:
             self.fail(f"{where}.target", "required")
         target = self.string(body["target"], f"{where}.target")
@@ -659,8 +830,41 @@ class ServiceReader:
         read_only = False
         if body.get("read_only") is not None:
             read_only = self.boolean(body["read_only"], f"{where}.read_only")
+        options: dict[str, Any] = {}
+        if kind == "volume":
+            options.update(self.volume_extras.get(source, {}))
+        for section in ("volume", "bind"):
+            if body.get(section) is not None and section != kind:
+                self.fail(f"{where}.{section}", f"only for type: {section}")
+        if kind == "volume" and body.get("volume") is not None:
+            here = f"{where}.volume"
+            volume_options = self.mapping(body["volume"], here)
+            self.check_keys(volume_options, here, ("nocopy",), {"subpath": "needs Docker 26"})
+            if volume_options.get("nocopy") is not None:
+                options["nocopy"] = self.boolean(volume_options["nocopy"], f"{here}.nocopy")
+        if kind == "bind" and body.get("bind") is not None:
+            here = f"{where}.bind"
+            bind_options = self.mapping(body["bind"], here)
+            self.check_keys(bind_options, here, ("create_host_path", "propagation", "selinux"))
+            if bind_options.get("create_host_path") is not None:
+                options["create_host_path"] = self.boolean(
+                    bind_options["create_host_path"], f"{here}.create_host_path"
+                )
+            if bind_options.get("selinux") is not None:
+                label = self.string(bind_options["selinux"], f"{here}.selinux")
+                if label not in ("z", "Z"):
+                    self.fail(f"{here}.selinux", f"{label!r} must be z or Z")
+                options["selinux"] = label
+            if bind_options.get("propagation") is not None:
+                self.fail(f"{here}.propagation", "not supported by Shoal")
         volume: VolumeSpec = self.model(
-            VolumeSpec, where, type=kind, source=source, target=target, read_only=read_only
+            VolumeSpec,
+            where,
+            type=kind,
+            source=source,
+            target=target,
+            read_only=read_only,
+            **options,
         )
         return volume
 
@@ -696,7 +900,9 @@ class ServiceReader:
             return None
         body = self.mapping(value, where)
         self.check_keys(
-            body, where, ("test", "interval", "timeout", "retries", "start_period", "disable")
+            body,
+            where,
+            ("test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"),
         )
         disabled = body.get("disable") is not None and self.boolean(
             body["disable"], f"{where}.disable"
@@ -705,8 +911,10 @@ class ServiceReader:
         if disabled:
             if test_value is not None:
                 self.fail(where, "disable: true and test cannot be set together")
-            return None
+            return HealthSpec(test=("NONE",))  # also turns off the image's own healthcheck
         if test_value is None:
+            if all(v is None for k, v in body.items() if k != "disable" and k[:2] != "x-"):
+                return None  # only disable: false, as if no healthcheck were given
             self.fail(
                 f"{where}.test",
                 "required (Shoal does not adjust an image's own healthcheck)",
@@ -723,7 +931,7 @@ class ServiceReader:
             if test[0] == "NONE":
                 if len(test) > 1:
                     self.fail(f"{where}.test", '["NONE"] takes no arguments')
-                return None
+                return HealthSpec(test=("NONE",))
             if test[0] == "CMD-SHELL" and len(test) != 2:
                 self.fail(f"{where}.test", 'CMD-SHELL takes one string: ["CMD-SHELL", "cmd"]')
             if test[0] == "CMD" and len(test) < 2:
@@ -738,33 +946,42 @@ class ServiceReader:
             if body.get(key) is not None:
                 values[key] = self.duration(body[key], f"{where}.{key}")
         if body.get("retries") is not None:
-            values["retries"] = self.integer(body["retries"], f"{where}.retries")
+            retries = self.integer(body["retries"], f"{where}.retries")
+            if retries != 0:  # 0: Docker's default (3)
+                values["retries"] = retries
+        if body.get("start_interval") is not None:
+            self.duration(body["start_interval"], f"{where}.start_interval")
+            self.warnings.append(
+                f"{where}.start_interval: not passed on (Docker 25 and later only); the"
+                " interval applies from the start"
+            )
         try:
             return HealthSpec(**values)
         except ValidationError as exc:
             loc, message = model_error(exc)
             self.fail(f"{where}{loc}", message)
 
-    def depends_on(self, value: Any, where: str) -> tuple[str, ...]:
+    def depends_on(self, name: str, value: Any, where: str) -> tuple[str, ...]:
         """A list of service names, or a mapping of names to ``{condition, required,
-        restart}``. Shoal uses it for order only; a dependency it would have to wait
-        on differently from ordering is refused."""
+        restart}``. Services deploy in this order, each after its dependencies are
+        healthy (or running); ``service_completed_successfully`` deploys the dependency
+        as a task that must exit 0."""
         if value is None:
             return ()
         names: list[str] = []
         if isinstance(value, list):
             names = [self.string(item, f"{where}[{i}]") for i, item in enumerate(value)]
         else:
-            for name, options in self.mapping(value, where).items():
-                here = f"{where}.{name}"
+            conditions: dict[str, str] = {}
+            for dependency, options in self.mapping(value, where).items():
+                here = f"{where}.{dependency}"
                 body = self.mapping(options, here)
                 self.check_keys(body, here, ("condition", "required", "restart"))
                 condition = body.get("condition", "service_started")
-                if condition not in ("service_started", "service_healthy"):
+                if condition not in _DEPENDENCY_CONDITIONS:
                     self.fail(
                         f"{here}.condition",
-                        f"{condition!r}: Shoal orders services that keep running;"
-                        " service_started or service_healthy",
+                        f"{condition!r} must be one of {', '.join(_DEPENDENCY_CONDITIONS)}",
                     )
                 if body.get("required") is not None:
                     self.boolean(body["required"], f"{here}.required")
@@ -772,7 +989,9 @@ class ServiceReader:
                     body["restart"], f"{here}.restart"
                 ):
                     self.fail(f"{here}.restart", "restarting dependents is not supported by Shoal")
-                names.append(name)
+                conditions[dependency] = condition
+                names.append(dependency)
+            self.conditions[name] = conditions
         return tuple(dict.fromkeys(names))
 
     def rollout(self, value: Any, where: str, *, rollback: bool) -> RolloutConfig:
@@ -824,13 +1043,46 @@ class ServiceReader:
             return None, None
         body = self.mapping(value, where)
         self.check_keys(
-            body, where, ("update_config", "rollback_config", "resources", "mode"), _DEPLOY_REFUSED
+            body,
+            where,
+            (
+                "update_config",
+                "rollback_config",
+                "resources",
+                "mode",
+                "replicas",
+                "restart_policy",
+                "labels",
+                "placement",
+            ),
+            _DEPLOY_REFUSED,
         )
+        if body.get("placement") is not None:
+            self.mapping(body["placement"], f"{where}.placement")
+            self.warnings.append(
+                f"{where}.placement: Swarm's placement is ignored; Shoal deploys to the hosts"
+                " you target (-H, -l)"
+            )
         mode = body.get("mode")
-        if mode is not None and mode != "global":
+        if mode is not None and mode not in ("global", "replicated"):
             self.fail(
                 f"{where}.mode",
                 f"{mode!r}: Shoal runs one container of a service per host (mode: global)",
+            )
+        if body.get("replicas") is not None:
+            replicas = self.integer(body["replicas"], f"{where}.replicas")
+            if replicas < 0:
+                self.fail(f"{where}.replicas", f"{replicas} must not be negative")
+            if replicas > 1:
+                self.warnings.append(
+                    f"{where}.replicas: {replicas}: Shoal runs one container of the service on"
+                    " every targeted host; target as many hosts as you want replicas (-H, -l)"
+                )
+        if body.get("labels") is not None:
+            self.labels(body["labels"], f"{where}.labels")
+            self.warnings.append(
+                f"{where}.labels: Swarm service labels are ignored (container labels go under"
+                " the service's labels)"
             )
         update = rollback = None
         if body.get("update_config") is not None:
@@ -839,23 +1091,80 @@ class ServiceReader:
             rollback = self.rollout(
                 body["rollback_config"], f"{where}.rollback_config", rollback=True
             )
+        if body.get("restart_policy") is not None:
+            self.restart_policy(body["restart_policy"], f"{where}.restart_policy", spec)
         resources = self.mapping(body.get("resources"), f"{where}.resources")
-        self.check_keys(resources, f"{where}.resources", ("limits",))
+        self.check_keys(resources, f"{where}.resources", ("limits", "reservations"))
         here = f"{where}.resources.limits"
         limits = self.mapping(resources.get("limits"), here)
-        self.check_keys(limits, here, ("memory", "cpus"))
-        for key, field_name, convert in (
-            ("memory", "mem_limit", self.size),
-            ("cpus", "cpus", self.number),
-        ):
-            if limits.get(key) is None:
+        self.check_keys(limits, here, ("memory", "cpus", "pids"))
+        self.set_limits(
+            limits, here, spec, {"memory": "mem_limit", "cpus": "cpus", "pids": "pids_limit"}
+        )
+        here = f"{where}.resources.reservations"
+        reservations = self.mapping(resources.get("reservations"), here)
+        self.check_keys(
+            reservations,
+            here,
+            ("memory", "cpus"),
+            {
+                "devices": "device reservations (GPUs) are not supported by Shoal yet",
+                "generic_resources": "Swarm's generic resources; not supported by Shoal",
+            },
+        )
+        self.set_limits(reservations, here, spec, {"memory": "mem_reservation"})
+        if reservations.get("cpus") is not None:
+            self.number(reservations["cpus"], f"{here}.cpus")
+            self.warnings.append(
+                f"{here}.cpus: Docker reserves no CPU for a single container; ignored"
+            )
+        return update, rollback
+
+    def set_limits(
+        self, body: dict[str, Any], where: str, spec: dict[str, Any], fields: dict[str, str]
+    ) -> None:
+        """``deploy.resources`` values into their service keys; a conflict is an error."""
+        readers = {"memory": self.size, "cpus": self.number, "pids": self.integer}
+        for key, field_name in fields.items():
+            if body.get(key) is None:
                 continue
-            limit = convert(limits[key], f"{here}.{key}")
+            limit = readers[key](body[key], f"{where}.{key}")
             current = spec.get(field_name)
             if current is not None and current != limit:
                 self.fail(
-                    f"{here}.{key}",
-                    f"{limits[key]!r} differs from the service's {field_name}; set one of them",
+                    f"{where}.{key}",
+                    f"{body[key]!r} differs from the service's {field_name}; set one of them",
                 )
             spec[field_name] = limit
-        return update, rollback
+
+    def restart_policy(self, value: Any, where: str, spec: dict[str, Any]) -> None:
+        """``deploy.restart_policy``: condition and max_attempts, as a container restart."""
+        body = self.mapping(value, where)
+        self.check_keys(body, where, ("condition", "max_attempts", "delay", "window"))
+        condition = self.string(body.get("condition", "any"), f"{where}.condition")
+        if condition not in _RESTART_CONDITIONS:
+            self.fail(f"{where}.condition", f"{condition!r} must be none, on-failure or any")
+        policy = _RESTART_CONDITIONS[condition]
+        if spec.get("restart") is not None and spec["restart"] != policy:
+            self.fail(
+                f"{where}.condition",
+                f"{condition!r} differs from the service's restart: {spec['restart']}; set one",
+            )
+        spec["restart"] = policy
+        if body.get("max_attempts") is not None:
+            attempts = self.integer(body["max_attempts"], f"{where}.max_attempts")
+            if policy != "on-failure":
+                self.fail(f"{where}.max_attempts", "Docker limits retries only for on-failure")
+            if attempts < 0:
+                self.fail(f"{where}.max_attempts", f"{attempts} must not be negative")
+            current = spec.get("restart_max_attempts")
+            if current is not None and current != attempts:
+                self.fail(
+                    f"{where}.max_attempts",
+                    f"{attempts} differs from the service's restart: on-failure:{current}; set one",
+                )
+            spec["restart_max_attempts"] = attempts
+        for key in ("delay", "window"):
+            if body.get(key) is not None:
+                self.duration(body[key], f"{where}.{key}")
+                self.warnings.append(f"{where}.{key}: Docker has no restart {key}; ignored")

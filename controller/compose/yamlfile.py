@@ -40,6 +40,18 @@ _YamlLoader.add_implicit_resolver(
 _YamlLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
 
 
+class LeadingZeroInt(int):
+    """An integer written with a leading zero (``0440``): decimal like any other, and
+    its text kept, so that a file mode reads it as octal, as Docker Compose does."""
+
+    text: str
+
+    def __new__(cls, text: str) -> LeadingZeroInt:
+        value = super().__new__(cls, text, 10)
+        value.text = text
+        return value
+
+
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
     assert isinstance(node, yaml.ScalarNode)
     text = str(loader.construct_scalar(node))
@@ -47,6 +59,8 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
         return int(text[2:], 8)
     if text.startswith("0x"):
         return int(text[2:], 16)
+    if re.fullmatch(r"[-+]?0[0-9]+", text):
+        return LeadingZeroInt(text)
     return int(text, 10)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from shoal.controller.compose import ComposeError, ComposeProject, load_compose
 from shoal.controller.compose.interpolation import substitute
+from shoal.controller.compose.networks import project_name
 from shoal.controller.errors import FleetError
 from shoal.protocol import (
     ErrorCode,
@@ -23,6 +24,7 @@ from shoal.protocol import (
     ServiceSpec,
     VolumeSpec,
 )
+from shoal.protocol.service import LoggingSpec, NetworkAttachment, NetworkSpec, Ulimit
 
 # --- helpers ------------------------------------------------------------------------
 
@@ -75,10 +77,20 @@ def service_error(tmp_path: Path, body: str, *, environ: Mapping[str, str] | Non
 # --- the basics ---------------------------------------------------------------------
 
 
+def default_network(project: str) -> tuple[NetworkAttachment, ...]:
+    """What a service that names no networks is attached to, as in Compose."""
+    return (NetworkAttachment(network=NetworkSpec(name=f"{project}_default")),)
+
+
 def test_minimal_service_has_the_spec_defaults(tmp_path: Path) -> None:
     project = load(tmp_path, "services:\n  web:\n    image: nginx:1.25\n")
-    assert project.services == [ServiceSpec(name="web", image="nginx:1.25")]
+    assert project.project == project_name(tmp_path.name)
+    assert project.services == [
+        ServiceSpec(name="web", image="nginx:1.25", networks=default_network(project.project))
+    ]
     assert project.names == ["web"]
+    assert project.tasks == set()
+    assert dict(project.values) == {}
     assert project.path == tmp_path / "compose.yml"
     assert project.update_config == {}
     assert project.rollback_config == {}
@@ -93,8 +105,17 @@ def test_compose_error_is_a_fleet_error_and_a_bad_request(tmp_path: Path) -> Non
 
 
 def test_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
-    message = error(tmp_path, "services:\n  web:\n    image: nginx\n    sysctls: {a: 1}\n")
-    assert message == f"{tmp_path / 'compose.yml'}: services.web.sysctls: not supported by Shoal"
+    message = error(tmp_path, "services:\n  web:\n    image: nginx\n    cgroup_parent: a\n")
+    assert message == (
+        f"{tmp_path / 'compose.yml'}: services.web.cgroup_parent: not supported by Shoal"
+    )
+
+
+def test_unknown_keys_fail_loudly_naming_the_key(tmp_path: Path) -> None:
+    message = error(tmp_path, "services:\n  web:\n    image: nginx\n    imag: nginx\n")
+    assert message.endswith("compose.yml: services.web.imag: not supported by Shoal")
+    message = error(tmp_path, "services:\n  web:\n    image: nginx\nnetwork:\n  a: {}\n")
+    assert message.endswith("compose.yml: network: not supported by Shoal")
 
 
 def test_environ_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,10 +243,39 @@ def test_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     assert worker.environment == {"LEVEL": "info"}
 
 
-@pytest.mark.parametrize("key", ["networks", "configs", "secrets", "include", "models"])
+@pytest.mark.parametrize("key", ["include", "models"])
 def test_unsupported_top_level_sections_are_refused(tmp_path: Path, key: str) -> None:
     message = error(tmp_path, f"services:\n  web:\n    image: nginx\n{key}:\n  a: {{}}\n")
     assert f"compose.yml: {key}: not supported by Shoal" in message
+
+
+def test_networks_secrets_and_configs_sections_are_read(tmp_path: Path) -> None:
+    project = load(
+        tmp_path,
+        """\
+        name: demo
+        services:
+          web:
+            image: nginx
+            networks: [front]
+            secrets: [token]
+            configs: [site]
+        networks:
+          front: {}
+        secrets:
+          token: {environment: TOKEN}
+        configs:
+          site: {content: hello}
+        """,
+        environ={"TOKEN": "t0ken"},
+    )
+    web = project.services[0]
+    assert [a.network.name for a in web.networks] == ["demo_front"]
+    assert [(m.kind, m.name, m.target) for m in web.secrets] == [
+        ("secret", "token", "/run/secrets/token"),
+        ("config", "site", "/site"),
+    ]
+    assert dict(project.values) == {"secret:token": b"t0ken", "config:site": b"hello"}
 
 
 @pytest.mark.parametrize("body", ["", " {}", "\n    driver: local", "\n    x-note: 1"])
@@ -244,15 +294,32 @@ def test_declared_named_volumes(tmp_path: Path, body: str) -> None:
     "body, expected",
     [
         ("driver: nfs", "volumes.data.driver: 'nfs': only the local driver is supported"),
-        ("driver_opts: {type: nfs}", "volumes.data.driver_opts: not supported by Shoal"),
-        ("external: true", "volumes.data.external: not supported by Shoal"),
-        ("name: other", "volumes.data.name: not supported by Shoal"),
-        ("labels: {a: b}", "volumes.data.labels: not supported by Shoal"),
+        ("name: 'bad name'", "volumes.data.name: 'bad name': letters, digits"),
+        ("external: maybe", "volumes.data.external: must be true or false, not 'maybe'"),
     ],
 )
 def test_named_volume_options_are_refused(tmp_path: Path, body: str, expected: str) -> None:
     text = f"services:\n  web:\n    image: nginx\nvolumes:\n  data:\n    {body}\n"
     assert expected in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "body, source",
+    [
+        ("name: other", "other"),
+        ("external: true", "data"),
+        ("external: true\n    name: shared", "shared"),
+        ("external: false", "data"),
+    ],
+)
+def test_named_volume_name_and_external(tmp_path: Path, body: str, source: str) -> None:
+    text = (
+        "services:\n  web:\n    image: nginx\n    volumes: ['data:/data']\n"
+        f"volumes:\n  data:\n    {body}\n"
+    )
+    assert load(tmp_path, text).services[0].volumes == (
+        VolumeSpec(type="volume", source=source, target="/data"),
+    )
 
 
 # --- YAML 1.2 scalars ---------------------------------------------------------------
@@ -332,20 +399,14 @@ def test_service_names_must_match_the_spec_pattern(tmp_path: Path, name: str) ->
 @pytest.mark.parametrize(
     "key, value, reason",
     [
-        ("build", ".", "Shoal deploys images; build them and push to a registry"),
-        ("container_name", "web", "Shoal names the containers it runs"),
         ("scale", "2", "one container of a service per host"),
-        ("profiles", "[debug]", "name the services to deploy instead"),
         ("extends", "{service: base}", "YAML anchors"),
-        ("networks", "[front]", "use network_mode"),
-        ("sysctls", "{net.core.somaxconn: 1024}", "not supported by Shoal"),
-        ("expose", "['80']", "not supported by Shoal"),
-        ("hostname", "web1", "not supported by Shoal"),
-        ("tmpfs", "[/run]", "not supported by Shoal"),
-        ("ulimits", "{nofile: 1024}", "not supported by Shoal"),
-        ("logging", "{driver: none}", "not supported by Shoal"),
-        ("secrets", "[a]", "not supported by Shoal"),
-        ("platform", "linux/amd64", "not supported by Shoal"),
+        ("links", "[db]", "services on one network reach each other by name"),
+        ("external_links", "[other_db]", "attach the service to an external network"),
+        ("volumes_from", "[other]", "mount the same named volume instead"),
+        ("cgroup_parent", "mine", "not supported by Shoal"),
+        ("userns_mode", "host", "not supported by Shoal"),
+        ("runtime", "runc", "not supported by Shoal"),
         ("label_file", "./labels", "not supported by Shoal"),
     ],
 )
@@ -357,9 +418,28 @@ def test_unsupported_service_keys_are_refused_by_name(
     assert reason in message
 
 
+@pytest.mark.parametrize(
+    "key, value, field, expected",
+    [
+        ("container_name", "web-1", "container_name", "web-1"),
+        ("sysctls", "{net.core.somaxconn: 1024}", "sysctls", {"net.core.somaxconn": "1024"}),
+        ("expose", "['80']", "expose", ("80/tcp",)),
+        ("hostname", "web1", "hostname", "web1"),
+        ("tmpfs", "[/run]", "tmpfs", ("/run",)),
+        ("ulimits", "{nofile: 1024}", "ulimits", {"nofile": Ulimit(soft=1024, hard=1024)}),
+        ("logging", "{driver: none}", "logging", LoggingSpec(driver="none")),
+        ("platform", "linux/amd64", "platform", "linux/amd64"),
+    ],
+)
+def test_keys_once_refused_are_now_read(
+    tmp_path: Path, key: str, value: str, field: str, expected: object
+) -> None:
+    assert getattr(service(tmp_path, f"{key}: {value}\n"), field) == expected
+
+
 def test_a_refused_key_is_named_before_its_value_is_interpolated(tmp_path: Path) -> None:
-    message = service_error(tmp_path, "build: '${'\n")
-    assert "services.web.build: Shoal deploys images" in message
+    message = service_error(tmp_path, "scale: '${'\n")
+    assert "services.web.scale: Shoal runs one container of a service per host" in message
 
 
 def test_a_self_referencing_yaml_value_is_an_error_not_a_crash(tmp_path: Path) -> None:
@@ -368,10 +448,17 @@ def test_a_self_referencing_yaml_value_is_an_error_not_a_crash(tmp_path: Path) -
     assert "nested too deeply" in message
 
 
-def test_build_is_refused_even_with_an_image(tmp_path: Path) -> None:
-    message = error(tmp_path, "services:\n  web:\n    image: app\n    build: .\n")
+def test_build_with_an_image_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    project = load(tmp_path, "services:\n  web:\n    image: app\n    build: .\n")
+    assert project.services[0].image == "app"
+    assert project.warnings == ["service web: the build section is ignored; deploying image app"]
+
+
+def test_build_without_an_image_is_refused(tmp_path: Path) -> None:
+    message = error(tmp_path, "services:\n  web:\n    build: .\n")
     assert message.endswith(
-        "compose.yml: services.web.build: Shoal deploys images; build them and push to a registry"
+        "compose.yml: services.web.build: Shoal deploys images and does not build them:"
+        " build and push the image, then add image: to service web"
     )
 
 
@@ -895,13 +982,11 @@ def test_volumes_long_syntax(tmp_path: Path) -> None:
     [
         ("/data", "volumes[0]: '/data': anonymous volumes are not supported by Shoal"),
         ("other:/data", "volumes[0]: named volume 'other' is not declared under the top-level"),
-        ("./x:/data:z", "volumes[0]: './x:/data:z': volume option 'z' is not supported"),
-        ("data:/data:nocopy", "volume option 'nocopy' is not supported"),
         ("./x:relative", "the target 'relative' must be an absolute path"),
         ("a:/b:ro:extra", "must be SOURCE:TARGET[:MODE]"),
         (":/data", "has an empty source"),
-        ("{type: tmpfs, target: /run}", "volumes[0].type: 'tmpfs' is not supported by Shoal"),
-        ("{source: data, target: /d}", "volumes[0].type: required (volume or bind)"),
+        ("{type: npipe, source: a, target: /run}", "volumes[0].type: 'npipe' is not supported"),
+        ("{source: data, target: /d}", "volumes[0].type: required (volume, bind or tmpfs)"),
         ("{type: volume, target: /d}", "volumes[0].source: anonymous volumes are not supported"),
         ("{type: bind, target: /d}", "volumes[0].source: required"),
         ("{type: volume, source: data}", "volumes[0].target: required"),
@@ -909,11 +994,19 @@ def test_volumes_long_syntax(tmp_path: Path) -> None:
         ("{type: volume, source: nope, target: /d}", "named volume 'nope' is not declared"),
         (
             "{type: bind, source: /a, target: /b, bind: {propagation: shared}}",
-            "volumes[0].bind: not supported by Shoal",
+            "volumes[0].bind.propagation: not supported by Shoal",
         ),
         (
-            "{type: volume, source: data, target: /b, volume: {nocopy: true}}",
-            "volumes[0].volume: not supported by Shoal",
+            "{type: volume, source: data, target: /b, volume: {subpath: a}}",
+            "volumes[0].volume.subpath: needs Docker 26",
+        ),
+        (
+            "{type: volume, source: data, target: /b, volume: {nocopy: maybe}}",
+            "volumes[0].volume.nocopy: must be true or false",
+        ),
+        (
+            "{type: bind, source: /a, target: /b, volume: {nocopy: true}}",
+            "volumes[0].volume: only for type: volume",
         ),
         ("{type: bind, source: /a, target: /b, read_only: maybe}", "must be true or false"),
     ],
@@ -950,13 +1043,21 @@ def test_restart_values(tmp_path: Path, value: str) -> None:
 @pytest.mark.parametrize(
     "value, expected",
     [
-        ("on-failure:3", "'on-failure:3': a retry limit is not supported by Shoal"),
+        ("on-failure:x", "'on-failure:x': the retry limit must be a number (on-failure:3)"),
+        ("on-failure:-1", "'on-failure:-1': the retry limit must be a number"),
         ("sometimes", "'sometimes' must be one of no, always, on-failure, unless-stopped"),
         ("false", "services.web.restart: must be a string, not a boolean"),
     ],
 )
 def test_bad_restart(tmp_path: Path, value: str, expected: str) -> None:
     assert expected in service_error(tmp_path, f"restart: {value}\n")
+
+
+def test_restart_on_failure_with_a_retry_limit(tmp_path: Path) -> None:
+    spec = service(tmp_path, "restart: on-failure:3\n")
+    assert spec.restart == "on-failure"
+    assert spec.restart_max_attempts == 3
+    assert service(tmp_path, "restart: on-failure\n").restart_max_attempts is None
 
 
 def test_the_simple_keys(tmp_path: Path) -> None:
@@ -1137,17 +1238,65 @@ def test_healthcheck_test_forms(tmp_path: Path, test: str, expected: tuple[str, 
     assert spec.healthcheck == HealthSpec(test=expected)
 
 
+def test_short_volume_options_nocopy_and_selinux_labels(tmp_path: Path) -> None:
+    text = (
+        "services:\n  web:\n    image: nginx\n    volumes:\n"
+        "      - data:/data:nocopy\n      - /srv/a:/a:ro,Z\nvolumes:\n  data:\n"
+    )
+    data, bind = load(tmp_path, text).services[0].volumes
+    assert data.nocopy is True and data.selinux is None
+    assert bind.selinux == "Z" and bind.read_only is True
+    relabelled = load(tmp_path, text.replace("data:/data:nocopy", "data:/data:z"))
+    assert relabelled.services[0].volumes[0].selinux == "z"  # Docker relabels volumes too
+    assert "nocopy is for named volumes" in error(tmp_path, text.replace(":ro,Z", ":nocopy"))
+
+
+def test_swarm_only_deploy_keys_are_accepted_with_a_warning(tmp_path: Path) -> None:
+    text = (
+        "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: 3\n"
+        "      placement: {constraints: [node.role == manager]}\n"
+        "    healthcheck:\n      test: 'true'\n      retries: 0\n      start_interval: 5s\n"
+    )
+    project = load(tmp_path, text)
+    warnings = " ".join(project.warnings)
+    assert "deploy.replicas: 3" in warnings and "deploy.placement" in warnings
+    assert "start_interval" in warnings
+    assert project.services[0].healthcheck == HealthSpec(test=("CMD-SHELL", "true"))
+
+
+def test_named_volume_driver_opts_and_labels_travel_with_the_mount(tmp_path: Path) -> None:
+    text = (
+        "services:\n  web:\n    image: nginx\n    volumes: [data:/data]\n"
+        "volumes:\n  data:\n    driver_opts: {type: tmpfs, device: tmpfs}\n"
+        "    labels: {team: a}\n"
+    )
+    (volume,) = load(tmp_path, text).services[0].volumes
+    assert volume.driver_opts == {"type": "tmpfs", "device": "tmpfs"}
+    assert volume.volume_labels == {"team": "a"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "healthcheck:\n",
+        "healthcheck:\n  disable: false\n",
+        "healthcheck:\n  disable: false\n  x-note: hi\n",
+    ],
+)
+def test_no_healthcheck(tmp_path: Path, body: str) -> None:
+    assert service(tmp_path, body).healthcheck is None
+
+
 @pytest.mark.parametrize(
     "body",
     [
         "healthcheck:\n  test: [NONE]\n",
         "healthcheck:\n  disable: true\n",
         "healthcheck:\n  disable: true\n  interval: 10s\n",
-        "healthcheck:\n",
     ],
 )
-def test_no_healthcheck(tmp_path: Path, body: str) -> None:
-    assert service(tmp_path, body).healthcheck is None
+def test_a_disabled_healthcheck_turns_off_the_images_own(tmp_path: Path, body: str) -> None:
+    assert service(tmp_path, body).healthcheck == HealthSpec(test=("NONE",))
 
 
 def test_healthcheck_disable_false_keeps_the_test(tmp_path: Path) -> None:
@@ -1159,6 +1308,7 @@ def test_healthcheck_disable_false_keeps_the_test(tmp_path: Path) -> None:
     "body, expected",
     [
         ("interval: 10s", "healthcheck.test: required"),
+        ("disable: false\n  retries: 3", "healthcheck.test: required"),
         ("test: []", "healthcheck.test: must not be empty"),
         ("test: ''", "healthcheck.test: must not be empty"),
         ("test: [RUN, x]", "a list starts with CMD, CMD-SHELL or NONE, not 'RUN'"),
@@ -1166,9 +1316,7 @@ def test_healthcheck_disable_false_keeps_the_test(tmp_path: Path) -> None:
         ("test: [CMD]", "CMD needs a command"),
         ("test: [NONE, x]", '["NONE"] takes no arguments'),
         ("test: 'true'\n  disable: true", "disable: true and test cannot be set together"),
-        ("test: 'true'\n  start_interval: 5s", "healthcheck.start_interval: not supported"),
         ("test: 'true'\n  interval: 0s", "healthcheck.interval: Input should be greater than 0"),
-        ("test: 'true'\n  retries: 0", "healthcheck.retries: Input should be greater than"),
         ("test: 'true'\n  retries: many", "healthcheck.retries: must be an integer"),
         ("test: 'true'\n  timeout: soon", "healthcheck.timeout: must be a duration"),
     ],
@@ -1247,9 +1395,11 @@ def test_depends_on_long_syntax(tmp_path: Path) -> None:
     [
         ("[nope]", "services.web.depends_on: unknown service 'nope' (services: web, db)"),
         (
-            "{db: {condition: service_completed_successfully}}",
-            "depends_on.db.condition: 'service_completed_successfully'",
+            "{db: {condition: service_done}}",
+            "depends_on.db.condition: 'service_done' must be one of service_started,"
+            " service_healthy, service_completed_successfully",
         ),
+        ("{db: {required: maybe}}", "depends_on.db.required: must be true or false"),
         ("{db: {restart: true}}", "depends_on.db.restart: restarting dependents is not supported"),
         ("{db: {wait: 1}}", "depends_on.db.wait: not supported by Shoal"),
         ("db", "services.web.depends_on: must be a mapping, not str"),
@@ -1323,8 +1473,10 @@ def test_unknown_named_services_are_listed_with_the_available_ones(tmp_path: Pat
 
 
 def test_every_service_is_checked_even_when_some_are_named(tmp_path: Path) -> None:
-    text = "services:\n  web:\n    image: nginx\n  bad:\n    image: nginx\n    build: .\n"
-    assert "services.bad.build" in error(tmp_path, text, services=["web"])
+    text = "services:\n  web:\n    image: nginx\n  bad:\n    build: .\n"
+    assert "services.bad.build: Shoal deploys images" in error(tmp_path, text, services=["web"])
+    text = "services:\n  web:\n    image: nginx\n  bad:\n    image: nginx\n    scale: 2\n"
+    assert "services.bad.scale" in error(tmp_path, text, services=["web"])
 
 
 # --- deploy -------------------------------------------------------------------------
@@ -1407,14 +1559,18 @@ def test_parallelism(tmp_path: Path, value: str, expected: str) -> None:
         ("update_config: {delay: soon}", "update_config.delay: must be a duration"),
         ("update_config: {monitor: -1s}", "update_config.monitor: must be a duration"),
         ("update_config: {rollback: 1}", "deploy.update_config.rollback: not supported by Shoal"),
-        ("replicas: 3", "deploy.replicas: Shoal runs one container of a service per host"),
-        ("mode: replicated", "deploy.mode: 'replicated': Shoal runs one container"),
-        ("restart_policy: {condition: any}", "deploy.restart_policy: not supported by Shoal; use"),
-        ("placement: {constraints: []}", "deploy.placement: not supported by Shoal; choose hosts"),
-        ("labels: {a: b}", "deploy.labels: not supported by Shoal"),
-        ("endpoint_mode: vip", "deploy.endpoint_mode: not supported by Shoal"),
-        ("resources: {reservations: {memory: 1g}}", "resources.reservations: not supported"),
-        ("resources: {limits: {pids: 10}}", "resources.limits.pids: not supported by Shoal"),
+        ("replicas: -1", "deploy.replicas: -1 must not be negative"),
+        ("mode: host", "deploy.mode: 'host': Shoal runs one container of a service per host"),
+        (
+            "restart_policy: {condition: sometimes}",
+            "deploy.restart_policy.condition: 'sometimes' must be none, on-failure or any",
+        ),
+        ("endpoint_mode: vip", "deploy.endpoint_mode: Swarm's service endpoints; not supported"),
+        (
+            "resources: {reservations: {devices: []}}",
+            "resources.reservations.devices: device reservations (GPUs) are not supported",
+        ),
+        ("resources: {limits: {pids: many}}", "resources.limits.pids: must be an integer"),
         ("resources: {limits: {memory: lots}}", "resources.limits.memory: must be a size"),
     ],
 )

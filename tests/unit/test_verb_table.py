@@ -26,6 +26,7 @@ NO_CLI_COMMAND = {
     Verb.STATUS: "asked by scripts and clients for the outcome of an earlier request",
     Verb.CANCEL: "sent by `shoal logs --follow` when it stops following",
     Verb.REMOVE: "sent by a multi-host rollout undoing the services it created",
+    Verb.SECRETS: "listed by `shoal secret ls` (the `secret` command group)",
 }
 """Verbs without a CLI command of their own, and why."""
 
