@@ -7,7 +7,7 @@ can be read (and tested) knowing only the narrow :class:`HostContext` below.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,8 @@ class HostContext:
     keep_rules: Callable[[], KeepRules]
     files: FileStore
     """Secret and config files, and the key their values are sealed to."""
+    announce: Callable[[], Coroutine[Any, Any, None]]
+    """Publish a heartbeat now (at most once a second): a broadcast ping asks for one."""
 
 
 class RequestContext:

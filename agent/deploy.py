@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from shoal.protocol import (
     PREVIOUS_IMAGE_LABEL,
@@ -42,7 +41,6 @@ from shoal.protocol import (
     ServicesArgs,
     ServiceSpec,
     ServicesResult,
-    ServiceStatus,
     ShoalError,
     normalize_arch,
     spec_diff,
@@ -50,6 +48,7 @@ from shoal.protocol import (
 )
 from shoal.protocol.service import REVISION_LABEL, SPEC_HASH_LABEL
 
+from .beats import service_statuses
 from .context import HostContext, RequestContext
 from .engine import ContainerState, Engine, ImageInfo
 from .store import Pending, Revision, ServiceRecord, ServiceStore
@@ -180,21 +179,7 @@ class Deployer:
             return RemoveResult(service=args.service, removed=removed)
 
     async def services(self, args: ServicesArgs) -> ServicesResult:
-        containers = await self.host.calls.run(self.host.engine.service_containers, args.service)
-        by_service: dict[str, list[ContainerState]] = {}
-        for c in containers:
-            by_service.setdefault(c.labels.get(SERVICE_LABEL, ""), []).append(c)
-        names = set(by_service) | set(self.store.names())
-        if args.service is not None:
-            names &= {args.service}
-        statuses = []
-        for name in sorted(n for n in names if n):
-            record = self.store.get(name)
-            live = _current_container(by_service.get(name, []), record)
-            if record is None and live is None:
-                continue
-            statuses.append(_status(name, record, live))
-        return ServicesResult(services=statuses)
+        return ServicesResult(services=await service_statuses(self.host, args.service))
 
     async def pull(self, ctx: RequestContext, args: PullArgs) -> PullResult:
         self._check_image_policy(args.image)
@@ -690,32 +675,3 @@ def _failed(
 
 def _completed(state: ContainerState) -> bool:
     return not state.running and state.status == "exited" and state.exit_code == 0
-
-
-def _current_container(
-    containers: list[ContainerState], record: ServiceRecord | None
-) -> ContainerState | None:
-    if record is not None and record.current is not None:
-        for c in containers:
-            if c.id == record.current.container_id:
-                return c
-    running = [c for c in containers if c.running]
-    pool = running or containers
-    return max(pool, key=lambda c: int(c.labels.get(REVISION_LABEL, "0") or 0), default=None)
-
-
-def _status(name: str, record: ServiceRecord | None, live: ContainerState | None) -> ServiceStatus:
-    current = record.current if record is not None else None
-    labels: dict[str, Any] = live.labels if live is not None else {}
-    return ServiceStatus(
-        name=name,
-        revision=current.revision if current else int(labels.get(REVISION_LABEL, 0) or 0),
-        image=current.spec.image if current else "",
-        image_id=current.image_id if current else (live.image_id if live else ""),
-        spec_hash=current.spec_hash if current else str(labels.get(SPEC_HASH_LABEL, "")),
-        state=live.status if live is not None else "missing",
-        health=live.health if live is not None else "",
-        container_id=live.id if live is not None else "",
-        previous_revision=record.previous.revision if record and record.previous else None,
-        updated_at=current.deployed_at if current else None,
-    )

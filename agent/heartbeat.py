@@ -14,6 +14,7 @@ from shoal.protocol import (
     AgentFacts,
     DockerFacts,
     EventKind,
+    ServiceBeat,
     ShoalError,
     Subjects,
     normalize_arch,
@@ -62,6 +63,10 @@ class Heartbeat:
         self.box_key: str | None = None
         """The public half of this host's box key, once the files directory is open."""
         self.health_file: Path | None = None
+        self.services: list[ServiceBeat] = []
+        """The services this host runs, as the last heartbeat told them."""
+        self.service_source: Callable[[], Awaitable[list[ServiceBeat]]] | None = None
+        """Reads the services' state (set by the agent once its service store is open)."""
 
     async def probe_engine(self) -> None:
         """Refresh Docker reachability, publishing an event when it changes."""
@@ -121,6 +126,7 @@ class Heartbeat:
             heartbeat_interval=self._settings.heartbeat_interval,
             insecure=self._insecure,
             box_key=self.box_key,
+            services=list(self.services),
         )
 
     async def current_facts(self) -> AgentFacts:
@@ -145,8 +151,19 @@ class Heartbeat:
         except OSError as exc:
             log.warning("cannot write the health file %s: %s", self.health_file, exc)
 
+    async def refresh_services(self) -> None:
+        """Read the services' state for the next heartbeat (kept as it was on an error)."""
+        if self.service_source is None or not self.docker.reachable:
+            return
+        try:
+            self.services = await self.service_source()
+        except ShoalError as exc:
+            log.debug("cannot read the services for the heartbeat: %s", exc.message)
+
     async def publish(self, status: str = "online") -> None:
         """One heartbeat: the health file, then the facts on this host's heartbeat subject."""
+        if status == "online":
+            await self.refresh_services()
         self.write_health(status)
         await self._connection.publish(
             self._subjects.heartbeat(self._identity.host_id),

@@ -25,6 +25,7 @@ from shoal.protocol import (
     Busy,
     EventKind,
     Reply,
+    ServiceBeat,
     ShoalError,
     ShuttingDown,
     Subjects,
@@ -112,6 +113,7 @@ class Agent:
         self._policy: Policy | None = None
         self._keep_rules: KeepRules | None = None
         self._recovered = False
+        self._last_announce = 0.0
         self.long_timeout = settings.long_timeout
         self.connection = AgentConnection(
             settings,
@@ -208,6 +210,7 @@ class Agent:
             policy=lambda: self.policy,
             keep_rules=lambda: self.keep_rules,
             files=self.files,
+            announce=self._announce,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -256,6 +259,7 @@ class Agent:
             log.warning("no box key (PyNaCl is not installed): this host cannot take secrets")
         self.host = self._host_context()
         self._deployer = None  # deploys with the store in the state directory from now on
+        self.heartbeat.service_source = self._service_beats
         self.heartbeat.health_file = self.settings.health_file or (
             state_dir / "health.json" if state_dir else None
         )
@@ -411,6 +415,19 @@ class Agent:
         except ShoalError as exc:
             log.error("service recovery failed (%s); retrying later", exc.message)
             self._recovered = False
+
+    async def _announce(self) -> None:
+        """A heartbeat now, so a registry created after this agent started learns of it."""
+        now = time.monotonic()
+        if now - self._last_announce < 1.0 or not self._accepting:
+            return
+        self._last_announce = now
+        await self.heartbeat.publish()
+
+    async def _service_beats(self) -> list[ServiceBeat]:
+        from .beats import service_beats
+
+        return await service_beats(self.host)
 
     def keep_task(self, task: asyncio.Task[None]) -> None:
         """Keep a reference to a fire-and-forget task until it ends."""

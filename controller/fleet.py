@@ -101,6 +101,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.controller")
 R = TypeVar("R", bound=BaseModel)
 
+PING_MEMORY = 30.0
+"""Seconds a host that answered a discovery ping counts as known without a heartbeat."""
 DEFAULT_TIMEOUT = 10.0
 DISCOVERY_WINDOW = 1.0
 
@@ -133,6 +135,8 @@ class Fleet:
         self._nc: Connection | None = None
         self._registry: Registry | None = None
         self._registry_checked = False
+        self._pinged: dict[str, tuple[float, AgentRecord]] = {}
+        """Hosts that answered a discovery ping, with when (merged into agents())."""
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -177,13 +181,17 @@ class Fleet:
             js = JetStream(self.nc, timeout=3.0)
             registry = Registry(js, self.subjects)
 
+            created: list[bool] = []
+
             async def ensure() -> None:
-                await registry.ensure()
+                created.append(await registry.ensure())
                 await AuditStream(js, self.subjects).ensure()
 
             try:
                 await with_recovery(ensure)
                 self._registry, self._registry_checked = registry, True
+                if any(created):
+                    await self.discover()  # every live agent answers and announces itself
             except RegistryUnavailable as exc:
                 # Not enabled: settled for this Fleet. Still recovering: ask next time.
                 self._registry_checked = not is_transient(exc)
@@ -197,6 +205,8 @@ class Fleet:
         created = await registry.ensure()
         created = await AuditStream(js, self.subjects, replicas=replicas).ensure() or created
         self._registry, self._registry_checked = registry, True
+        if created:
+            await self.discover()  # every live agent answers and announces itself
         return created
 
     async def audit(
@@ -218,11 +228,19 @@ class Fleet:
         if registry is not None:
             with relaxed_gc():
                 records = await with_recovery(partial(registry.read, self.offline_after))
+        fresh: list[AgentRecord] = []
         if registry is None or not records:
             # Without a registry (or before any heartbeat reached it) ask the fleet.
-            pinged = await self.discover()
-            known = {r.host_id for r in records}
-            records.extend(r for r in pinged if r.host_id not in known)
+            fresh = await self.discover()
+        # A host that answered a ping moments ago counts even if its heartbeat is not in
+        # the registry yet (a registry created after the agents started, a lost beat).
+        horizon = time.monotonic() - PING_MEMORY
+        recent = [r for at, r in self._pinged.values() if at >= horizon]
+        known = {r.host_id for r in records}
+        for extra in (*fresh, *recent):
+            if extra.host_id not in known:
+                known.add(extra.host_id)
+                records.append(extra)
         return sorted(records, key=lambda r: r.host_id)
 
     async def discover(self, window: float | None = None) -> list[AgentRecord]:
@@ -258,6 +276,8 @@ class Fleet:
             await asyncio.sleep(window)  # a discovery window, not synchronisation
         finally:
             await sub.unsubscribe()
+        at = time.monotonic()
+        self._pinged.update({host: (at, record) for host, record in records.items()})
         return sorted(records.values(), key=lambda r: r.host_id)
 
     async def forget(self, host_id: str) -> bool:

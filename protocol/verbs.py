@@ -93,6 +93,16 @@ class DockerFacts(_Result):
     error: str | None = Field(default=None, description="Why the engine is unreachable.")
 
 
+class ServiceBeat(_Result):
+    """One service on a host as its heartbeat tells it: enough to see drift without asking."""
+
+    name: str
+    revision: int = 0
+    spec_hash: str = ""
+    state: str = Field(description="Container state: running, exited, missing, ...")
+    health: str = ""
+
+
 class AgentFacts(_Result):
     """An agent's facts: sent as heartbeats and as the result of ``ping``."""
 
@@ -118,6 +128,9 @@ class AgentFacts(_Result):
         default=None,
         max_length=64,
         description="Base64 X25519 public key that secrets are sealed to (none: no secrets).",
+    )
+    services: list[ServiceBeat] = Field(
+        default_factory=list, description="The services this host runs (deployed by Shoal)."
     )
 
     def selectable(self) -> dict[str, str]:

@@ -30,8 +30,8 @@ from shoal.protocol import (
 )
 from shoal.protocol.service import SERVICE_NAME_PATTERN
 
+from ..beats import current_container
 from ..context import Handler, RequestContext
-from ..deploy import _current_container
 from ..engine import ContainerState
 
 
@@ -46,7 +46,7 @@ async def resolve_target(ctx: RequestContext, target: str) -> ContainerState:
         containers = await ctx.calls.run(ctx.engine.service_containers, target)
         record = ctx.host.services.get(target)
         if containers or record is not None:
-            current = _current_container(containers, record)
+            current = current_container(containers, record)
             if current is None:
                 raise NotFound(
                     f"service {target!r} has no container on host {ctx.host_id}",

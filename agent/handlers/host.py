@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import BaseModel
@@ -21,6 +22,10 @@ from ..streams import container_event
 
 
 async def handle_ping(ctx: RequestContext, args: PingArgs) -> BaseModel:
+    if ctx.request.target.host is None:
+        # A broadcast ping is how a controller discovers hosts: a heartbeat too, so that a
+        # registry created after this agent started learns of it now.
+        ctx.host.keep_task(asyncio.create_task(ctx.host.announce()))
     return await ctx.host.current_facts()
 
 

@@ -146,6 +146,42 @@ class Bucket:
                 return None
             return entry.value
 
+    async def entry(self, key: str) -> tuple[bytes, int] | None:
+        """The value of ``key`` and its revision, None when it is absent or deleted."""
+        async with jetstream_errors(self.action):
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.NotFoundError:
+                return None
+            return entry.value or b"", int(entry.revision or 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Write ``key`` whatever its revision; the new revision."""
+        async with jetstream_errors(self.action):
+            return int(await self._kv.put(key, value))
+
+    async def purge(self, key: str) -> None:
+        """Remove ``key`` and its history."""
+        async with jetstream_errors(self.action):
+            await self._kv.purge(key)
+
+    async def entries(self) -> dict[str, bytes]:
+        """Every live key's value (an empty bucket gives ``{}``)."""
+        async with jetstream_errors(self.action):
+            try:
+                keys = await self._kv.keys()
+            except nats.js.errors.NoKeysError:
+                return {}
+            out: dict[str, bytes] = {}
+            for key in keys:
+                try:
+                    entry = await self._kv.get(key)
+                except nats.js.errors.NotFoundError:
+                    continue
+                if entry.value:
+                    out[key] = entry.value
+            return out
+
     async def delete(self, key: str, *, last: int) -> None:
         """Delete ``key`` if still at revision ``last``."""
         async with jetstream_errors(self.action):

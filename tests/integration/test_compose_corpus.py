@@ -39,7 +39,7 @@ volume_types = ["none", "nfs"]
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def corpus_agent(
     nats_server: NatsServer, engines: list[DockerEngine], stack_dir: Path, keys: Keys
 ) -> Iterator[AgentProcess]:

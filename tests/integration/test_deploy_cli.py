@@ -178,8 +178,8 @@ def test_a_host_whose_agent_is_down_is_missing_and_the_rollout_pauses(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("    sysctls:\n      net.core.somaxconn: 1024\n", "sysctls"),
-        ("    build: .\n", "build"),
+        ("    userns_mode: host\n", "userns_mode"),
+        ("    links: [db]\n", "links"),
     ],
 )
 def test_unsupported_compose_keys_are_refused_by_name(
