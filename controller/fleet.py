@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -96,6 +96,7 @@ from .targeting import Limit, Targets, resolve_targets
 from .transport import Connection, JetStream, Message, Subscription, connect, nats_errors
 
 if TYPE_CHECKING:
+    from .desired import Convergence, Declaration, DesiredStore
     from .rollout import RolloutEvent
 
 log = logging.getLogger("shoal.controller")
@@ -550,6 +551,41 @@ class Fleet:
             on_reply=on_reply,
             **options,
         )
+
+    # --- desired state ------------------------------------------------------------------
+
+    def desired_store(self) -> DesiredStore:
+        from .desired import DesiredStore
+
+        return DesiredStore(JetStream(self.nc, timeout=5.0), self.subjects)
+
+    async def apply(self, declarations: Sequence[Declaration]) -> list[tuple[Declaration, bool]]:
+        """Record each declaration (a new generation where it changes anything).
+
+        ``shoal serve`` converges the selected hosts to them. Returns each stored
+        declaration with whether it changed.
+        """
+        store = self.desired_store()
+        return [await store.declare(d) for d in declarations]
+
+    async def desired(self) -> dict[str, Declaration]:
+        """The declarations, by service (deleted ones until no host runs them)."""
+        return await self.desired_store().declarations()
+
+    async def withdraw(self, service: str) -> Declaration | None:
+        """Declare ``service`` deleted: hosts remove it. None if it was not declared."""
+        return await self.desired_store().withdraw(service, self.sender)
+
+    async def status(self, services: Sequence[str] = ()) -> list[Convergence]:
+        """Per declaration and selected host: converged, pending, deploying, failed,
+        drifted or removing, with why and since when (see :mod:`.desired`)."""
+        from .desired import statuses
+
+        store = self.desired_store()
+        declarations = await store.declarations()
+        if services:
+            declarations = {n: d for n, d in declarations.items() if n in set(services)}
+        return statuses(declarations, await self.agents(), await store.all_records())
 
     async def set_secret(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
@@ -37,10 +38,10 @@ from .desired import (
 )
 from .errors import FleetError
 from .fleet import Fleet
-from .locks import LockHeld, LockLost, ServiceLock
+from .locks import LOCK_TTL, LockHeld, LockLost, ServiceLock, lock_bucket_name
 from .registry import AgentRecord, is_online
 from .rollout import DEPLOYED, HostFinished
-from .transport import JetStream, Message
+from .transport import BucketSpec, JetStream, Message
 
 log = logging.getLogger("shoal.reconciler")
 
@@ -50,6 +51,8 @@ LEASE_REFRESH = 1.5
 TICK = 5.0
 """Seconds between full passes when nothing wakes the reconciler earlier."""
 STANDBY_RETRY = 1.0
+RECONCILER_SENDER = "shoal-serve"
+"""How a reconciler's requests and locks are signed off (``shoal-serve:NAME@HOST``)."""
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Reconciler:
         self.leader = True
         self.stats.leader_since = utcnow()
         self.say(f"{self.holder} holds the reconciler lease")
+        await self._break_stale_locks()
         while not self._stop.is_set() and not lease.lost:
             self._wake.clear()
             try:
@@ -185,6 +189,25 @@ class Reconciler:
         if lease.lost:
             self.say("the reconciler lease was lost; standing by")
             await self._settle()
+
+    async def _break_stale_locks(self) -> None:
+        """Release the service locks of earlier leaders: only the lease holder rolls out,
+        so a lock a reconciler holds without the lease is a dead replica's."""
+        js = JetStream(self.fleet.nc, timeout=3.0)
+        bucket = await js.bucket(
+            BucketSpec(lock_bucket_name(self.fleet.subjects), "Shoal rollout locks", LOCK_TTL),
+            action="service locks",
+        )
+        mine = self.fleet.sender
+        for key, raw in (await bucket.entries()).items():
+            try:
+                holder = str(json.loads(raw).get("holder", ""))
+            except (ValueError, AttributeError):
+                continue
+            who = holder.split(" (pid ", 1)[0]
+            if who.startswith(RECONCILER_SENDER) and who != mine:
+                await bucket.purge(key)
+                self.say(f"released the lock of {key!r} held by {holder} (an earlier leader)")
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -272,15 +295,20 @@ class Reconciler:
                         finished.add(event.host)
                         await self._finished(declaration, event, records)
         except (LockHeld, LockLost) as exc:
-            self.say(f"{declaration.name}: {exc.message}; trying again later")
+            self.say(f"{declaration.name}: {exc.message}; trying again at the next pass")
+            wake = False
         except FleetError as exc:
             self.say(f"{declaration.name}: rollout failed: {exc.message}")
+            wake = False
+        else:
+            wake = True
         finally:
             # Hosts the rollout never reached go back to drifted (tried again next pass).
             for host in set(hosts) - finished:
                 with contextlib.suppress(FleetError):
                     await (await self.store.records()).purge(record_key(declaration.name, host))
             self.stats.deploys += 1
+        if wake:
             self._wake.set()
 
     @staticmethod
