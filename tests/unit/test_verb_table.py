@@ -30,6 +30,9 @@ NO_CLI_COMMAND = {
 }
 """Verbs without a CLI command of their own, and why."""
 
+NAME_USED_OTHERWISE = {Verb.STATUS: "`shoal status` shows desired-state convergence"}
+"""Verbs without a command whose name a command of another meaning has."""
+
 
 def cli_commands() -> set[str]:
     command: Any = typer.main.get_command(app)  # the CLI's own lazily loading group
@@ -49,7 +52,8 @@ def test_every_verb_has_a_handler_a_role_and_a_schema(verb: Verb) -> None:
 @pytest.mark.parametrize("verb", list(Verb))
 def test_every_verb_has_a_cli_command_or_a_reason_for_none(verb: Verb) -> None:
     if verb in NO_CLI_COMMAND:
-        assert str(verb) not in cli_commands(), f"{verb} has a command now: drop its reason"
+        if verb not in NAME_USED_OTHERWISE:
+            assert str(verb) not in cli_commands(), f"{verb} has a command now: drop its reason"
     else:
         assert str(verb) in cli_commands()
 
