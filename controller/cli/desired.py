@@ -138,6 +138,9 @@ def _declarations(
                 " 'shoal secret set NAME --from-file FILE' and mount them external: true"
                 " (or use 'shoal deploy')"
             )
+        if spec.restart is None:
+            # A host that reboots without its network starts the service as it was.
+            spec = spec.model_copy(update={"restart": "unless-stopped"})
         out_list.append(
             Declaration(
                 service=spec,

@@ -14,7 +14,8 @@ from shoal.protocol import NatsOptions, Role
 
 from ..embedded import EmbeddedNats, state_dir
 from ..fleet import Fleet
-from ..keys import KeyStore
+from ..keys import KeyStore, resolve_signer
+from ..reconcile import Reconciler
 from .common import err, error, global_options, run, usage_error
 
 if TYPE_CHECKING:  # the agent's modules load only when 'shoal up' runs
@@ -62,13 +63,24 @@ async def run_up(
                 "reachable" if reachable else ("unreachable", "red"),
                 ")",
             )
-        err.say("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
-        try:
-            await stop.wait()
-        finally:
-            err.print("stopping…")
-            if agent is not None:
-                await agent.stop()
+        async with Fleet(
+            NatsOptions(servers=server.url),
+            prefix=prefix,
+            sender="shoal-serve:up",
+            signer=resolve_signer(None),
+        ) as serve_fleet:
+            reconciler = Reconciler(serve_fleet, holder="shoal-serve:up")
+            serving = asyncio.create_task(reconciler.run(), name="reconciler")
+            err.say(("reconciler", "green"), " converging declared services ('shoal apply')")
+            err.say("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
+            try:
+                await stop.wait()
+            finally:
+                err.print("stopping…")
+                reconciler.stop()
+                await asyncio.gather(serving, return_exceptions=True)
+                if agent is not None:
+                    await agent.stop()
 
 
 def up(
