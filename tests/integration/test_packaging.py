@@ -484,6 +484,36 @@ def test_systemd_unit(workdir: Path) -> None:
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+def test_serve_unit_and_compose_file(workdir: Path) -> None:
+    unit = (COMPOSE / "systemd/shoal-serve.service").read_text()
+    settings = dict(re.findall(r"(?m)^([A-Za-z]+)=(.*)$", unit))
+    assert settings["ExecStart"] == "/opt/shoal/.venv/bin/shoal serve"
+    assert settings["EnvironmentFile"] == "/etc/shoal/serve.env"
+    assert settings["Restart"] == "on-failure" and settings["KillSignal"] == "SIGTERM"
+    env = dict(
+        re.findall(
+            r"(?m)^([A-Z][A-Z0-9_]+)=(\S*)$", (COMPOSE / "systemd/shoal-serve.env").read_text()
+        )
+    )
+    assert {"NATS_URL", "SHOAL_KEY"} <= set(env)
+    doc = yaml.safe_load((COMPOSE / "serve.yml").read_text())
+    service = doc["services"]["serve"]
+    assert service["entrypoint"] == ["tini", "--", "shoal", "serve"]
+    assert service["environment"]["SHOAL_KEY"] == "/etc/shoal/serve.nk"
+    binary = shutil.which("systemd-analyze")
+    require(
+        None if binary else "no systemd-analyze to verify the unit with (apt-get install systemd)"
+    )
+    assert binary is not None
+    shoal = Path(agent_script()).with_name("shoal")
+    copy = workdir / "shoal-serve.service"
+    copy.write_text(unit.replace("/opt/shoal/.venv/bin/shoal", str(shoal)))
+    result = subprocess.run(
+        [binary, "verify", str(copy)], capture_output=True, text=True, timeout=60, cwd=workdir
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
 def test_dev_init_script_writes_a_trust_file_for_the_users_key(workdir: Path) -> None:
     """compose/dev-init.sh on a machine whose user has no key yet, run twice."""
     (workdir / "compose").mkdir()
