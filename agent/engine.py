@@ -16,10 +16,12 @@ from typing import Any, Protocol, TypeVar
 from shoal.protocol import (
     ContainerEventInfo,
     ContainerSummary,
+    ExecArgs,
     ImageSummary,
     InfoResult,
     LogLine,
     PsArgs,
+    RunArgs,
     ServiceSpec,
     StatsResult,
 )
@@ -38,6 +40,15 @@ class EngineInfo:
     os: str
     kernel: str
     arch: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecState:
+    """A docker exec: still running, its exit code once done, its process id on the host."""
+
+    running: bool
+    exit_code: int | None
+    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +239,24 @@ class Engine(Protocol):
         ...
 
     def rename_container(self, container_id: str, name: str) -> None: ...
+
+    def exec_output(
+        self, container_id: str, args: ExecArgs
+    ) -> tuple[str, Stream[tuple[str, bytes]]]:
+        """Start a command in a container: the exec id and its output stream."""
+        ...
+
+    def exec_state(self, exec_id: str) -> ExecState: ...
+
+    def run_output(
+        self, args: RunArgs, name: str, labels: dict[str, str]
+    ) -> tuple[str, Stream[tuple[str, bytes]]]:
+        """Create and start a one-off container: its id and its output stream."""
+        ...
+
+    def wait_exit(self, container_id: str, timeout: float) -> int | None: ...
+
+    def kill_container(self, container_id: str) -> None: ...
 
     def start_container(self, container_id: str) -> None: ...
 

@@ -18,6 +18,11 @@ A TOML file given with ``--policy FILE`` (env ``SHOAL_POLICY``)::
     network_drivers = []      # network drivers besides bridge and overlay, e.g. ["macvlan"]
     volume_types = []         # local volume types with driver_opts besides tmpfs, e.g. ["nfs"]
 
+    [exec]
+    allow = true              # shoal exec (commands in running containers)
+    run = true                # shoal run (one-off containers; the rules above apply)
+    commands = []             # command lines allowed (globs), e.g. ["pg_dump *"]; empty: any
+
 Without a file the agent uses :meth:`Policy.default`: any image, and none of
 the container privileges above. A refusal raises :class:`PolicyDenied`
 (``policy_denied``) naming the rule that fired.
@@ -210,6 +215,20 @@ class ContainersPolicy(_Section):
         return tuple(dict.fromkeys(names))
 
 
+class ExecPolicy(_Section):
+    """``shoal exec`` and ``shoal run`` on this host (the operator role is needed too)."""
+
+    allow: StrictBool = True
+    run: StrictBool = True
+    commands: tuple[StrictStr, ...] = ()
+    """Globs a command line (its words joined by spaces) must match; empty: any."""
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_patterns(value, "command patterns")
+
+
 class Policy(BaseModel):
     """What deploys and pulls may ask of this host."""
 
@@ -217,6 +236,7 @@ class Policy(BaseModel):
 
     images: ImagesPolicy = Field(default_factory=ImagesPolicy)
     containers: ContainersPolicy = Field(default_factory=ContainersPolicy)
+    exec: ExecPolicy = Field(default_factory=ExecPolicy)
 
     @classmethod
     def default(cls) -> Policy:
@@ -313,6 +333,30 @@ def _image_denial(policy: Policy, image: str) -> Denial | None:
     return Denial(
         "images.allow", image, f"policy denies image {image[:200]!r} (not in images.allow)"
     )
+
+
+def check_command(policy: Policy, command: tuple[str, ...], *, run: bool = False) -> None:
+    """Raise :class:`PolicyDenied` unless ``exec`` (or ``run``) of ``command`` is allowed."""
+    rule = "exec.run" if run else "exec.allow"
+    allowed = policy.exec.run if run else policy.exec.allow
+    denial = _flag(rule, allowed, True, "shoal run" if run else "shoal exec")
+    line = " ".join(command)
+    patterns = policy.exec.commands
+    if denial is None and patterns and not any(fnmatch.fnmatchcase(line, p) for p in patterns):
+        denial = Denial(
+            "exec.commands",
+            line[:200],
+            f"policy denies the command {line[:200]!r} (not in exec.commands)",
+        )
+    if denial is not None:
+        raise _denied([denial], None)
+
+
+def check_run_network(policy: Policy, network: str) -> None:
+    """A one-off container's network: ``host`` and ``container:`` need the policy."""
+    denials = _namespace_denials(policy, "network", network, "containers.host_network")
+    if denials:
+        raise _denied(denials, None)
 
 
 def check_image(policy: Policy, image: str) -> None:
@@ -485,12 +529,15 @@ __all__ = [
     "ALWAYS_ALLOWED_SECURITY_OPT",
     "ContainersPolicy",
     "Denial",
+    "ExecPolicy",
     "ImagesPolicy",
     "Policy",
     "PolicyDenied",
     "PolicyError",
     "canonical_host_path",
+    "check_command",
     "check_image",
+    "check_run_network",
     "check_service",
     "load_policy",
     "normalize_capability",

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import clistart, engines, fanout, footprint, report, rollout
+from bench import clistart, converge, engines, fanout, footprint, report, rollout
 from bench.common import (
     Table,
     load_average,
@@ -24,7 +24,7 @@ from bench.common import (
 )
 from bench.realstack import RealStack
 
-BENCHMARKS = ("fanout", "engines", "footprint", "cli", "rollout")
+BENCHMARKS = ("fanout", "engines", "footprint", "cli", "rollout", "converge")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -57,12 +57,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", type=_names, default=[], help="benchmarks to leave out")
     parser.add_argument("--sizes", type=_ints, default=None, help="fan-out fleet sizes")
     parser.add_argument("--workers", type=int, default=None, help="fan-out worker processes")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per measurement")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per measurement (converge: rounds)"
+    )
     parser.add_argument(
         "--engines", type=_ints, default=None, help="real engine counts (default 1,3,10)"
     )
     parser.add_argument(
-        "--idle-seconds", type=float, default=None, help="agent idle window (default 60)"
+        "--idle-seconds",
+        type=float,
+        default=None,
+        help="idle window of the agent (footprint) and of the reconciler (converge); default 60",
     )
     parser.add_argument(
         "--unsigned",
@@ -134,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         payload_mib=4 if quick else 8,
         cli=True,
     )
+    conv = converge.ConvergeConfig(
+        hosts=1000,
+        window=args.idle_seconds or (10.0 if quick else 60.0),
+        settle=5.0 if quick else 10.0,
+        rounds=repeats or (2 if quick else 5),
+        payload_mib=4 if quick else 8,
+    )
 
     problem = preflight()
     if problem is not None:
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in selected:
             sections["fanout"] = asyncio.run(fanout.run(fan))
             dates["fanout"] = now_utc()
-        real = [b for b in ("engines", "footprint", "cli", "rollout") if b in selected]
+        real = [b for b in ("engines", "footprint", "cli", "rollout", "converge") if b in selected]
         if real:
             reason = RealStack.unavailable()
             if reason is not None:
@@ -168,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     if "rollout" in real:
                         sections["rollout"] = asyncio.run(rollout.run(stack, roll))
                         dates["rollout"] = now_utc()
+                    if "converge" in real:
+                        sections["converge"] = asyncio.run(converge.run(stack, conv))
+                        dates["converge"] = now_utc()
                 finally:
                     log("stopping agents, engines and nats-server")
                     stack.cleanup()

@@ -16,8 +16,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-from nats.aio.msg import Msg
-
 from bench.common import (
     Table,
     cpu_seconds,
@@ -32,6 +30,7 @@ from bench.common import (
     thread_count,
 )
 from bench.realstack import AgentProcess, ReadyWatcher, RealStack
+from shoal.controller.transport import Message
 
 PREFIX = "benchfoot"
 FLOOR_IMPORTS = "import nats, pydantic, docker"
@@ -109,7 +108,7 @@ async def run(stack: RealStack, config: FootprintConfig) -> list[Table]:
             await watcher.wait(idle)
         beats: dict[str, int] = {a.host_id: 0 for a in idle}
 
-        async def on_beat(msg: Msg) -> None:
+        async def on_beat(msg: Message) -> None:
             host = msg.subject.rsplit(".", 1)[-1]
             if host in beats:
                 beats[host] += 1

@@ -14,11 +14,9 @@ import subprocess
 import threading
 import time
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-
 from bench.common import BenchKey, log, tool
 from shoal.controller.fleet import Fleet
+from shoal.controller.transport import Connection, Message
 from shoal.protocol import NatsOptions, Subjects
 from tests.stack import (
     BUSYBOX_IMAGE,
@@ -116,14 +114,14 @@ class AgentProcess:
 class ReadyWatcher:
     """Times agents from spawn to their ``started`` event on NATS (sent when ready)."""
 
-    def __init__(self, nc: NATS, prefix: str) -> None:
+    def __init__(self, nc: Connection, prefix: str) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
         self.seen: dict[str, float] = {}
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> ReadyWatcher:
-        async def on_event(msg: Msg) -> None:
+        async def on_event(msg: Message) -> None:
             host = msg.subject.split(".")[-2]
             self.seen.setdefault(host, time.perf_counter())
             self._changed.set()

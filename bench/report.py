@@ -12,7 +12,16 @@ from pathlib import Path
 
 from bench.common import Table
 
-SECTION_ORDER = ("run", "machine", "fanout", "engines", "footprint", "cli", "rollout")
+SECTION_ORDER = (
+    "run",
+    "machine",
+    "fanout",
+    "engines",
+    "footprint",
+    "cli",
+    "rollout",
+    "converge",
+)
 
 TEMPLATE = """\
 # Benchmarks

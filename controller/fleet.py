@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from shoal.protocol import (
     LOG_PHASE,
     MAX_FOLLOW_SECONDS,
+    STDERR_PHASE,
+    STDOUT_PHASE,
     VERBS,
     AgentEvent,
     AgentFacts,
@@ -32,6 +34,8 @@ from shoal.protocol import (
     ErrorInfo,
     EventsArgs,
     EventsResult,
+    ExecArgs,
+    ExecResult,
     ImagesArgs,
     ImagesResult,
     InfoArgs,
@@ -56,6 +60,7 @@ from shoal.protocol import (
     RestartArgs,
     RmArgs,
     RolloutConfig,
+    RunArgs,
     SecretArgs,
     SecretResult,
     SecretsArgs,
@@ -101,6 +106,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.controller")
 R = TypeVar("R", bound=BaseModel)
+OutputCallback = Callable[[str, str, str], None]
+"""``(host, stream, text)``: output of ``exec`` and ``run`` as it comes."""
 
 PING_MEMORY = 30.0
 """Seconds a host that answered a discovery ping counts as known without a heartbeat."""
@@ -551,6 +558,113 @@ class Fleet:
             on_reply=on_reply,
             **options,
         )
+
+    # --- remote execution ---------------------------------------------------------------
+
+    async def exec(
+        self,
+        target: str,
+        command: Sequence[str],
+        *,
+        user: str | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        kill_after: float = 60.0,
+        batch: str | int = 0,
+        on_output: OutputCallback | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
+    ) -> FleetResult[ExecResult]:
+        """Run ``command`` in ``target`` (a container, or a service's current container) on
+        every targeted host, ``batch`` hosts at a time (N or N%; 0: all at once).
+
+        ``on_output(host, stream, text)`` sees the output as it comes (``stream`` is
+        ``stdout`` or ``stderr``); each result has the exit code (None: killed at the
+        ``kill_after`` seconds) and the first 4 MiB of each stream.
+        """
+        args = ExecArgs(
+            target=target,
+            command=tuple(command),
+            user=user,
+            workdir=workdir,
+            env=dict(env or {}),
+            timeout=kill_after,
+        )
+        return await self._batched(Verb.EXEC, args, batch, on_output, Scope.of(scope, **options))
+
+    async def run(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        user: str | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        network: str = "none",
+        kill_after: float = 60.0,
+        batch: str | int = 0,
+        on_output: OutputCallback | None = None,
+        scope: Scope | None = None,
+        **options: Unpack[ScopeOptions],
+    ) -> FleetResult[ExecResult]:
+        """Run ``command`` in a one-off container of ``image`` on every targeted host
+        (``docker run --rm``; network ``none`` unless given); as :meth:`exec`."""
+        args = RunArgs(
+            image=image,
+            command=tuple(command),
+            user=user,
+            workdir=workdir,
+            env=dict(env or {}),
+            network=network,
+            timeout=kill_after,
+        )
+        return await self._batched(Verb.RUN, args, batch, on_output, Scope.of(scope, **options))
+
+    async def _batched(
+        self,
+        verb: Verb,
+        args: ExecArgs | RunArgs,
+        batch: str | int,
+        on_output: OutputCallback | None,
+        scope: Scope,
+    ) -> FleetResult[ExecResult]:
+        from .rollout import wave_size
+
+        if scope.timeout is None or scope.timeout < args.timeout + 15:
+            # The host answers when the command ends: wait that long, and a bit.
+            scope = Scope.of(scope, timeout=max(scope.timeout or 0, args.timeout + 15))
+
+        def on_progress(progress: Progress) -> None:
+            if on_output is not None and progress.phase in (STDOUT_PHASE, STDERR_PHASE):
+                on_output(progress.host, progress.phase, progress.message)
+
+        targets = await self.resolve(scope.selector, scope.limit)
+        size = wave_size(str(batch), len(targets.all))
+        if size >= len(targets.all):
+            return await self.request(verb, args, scope, on_progress=on_progress)
+        merged: FleetResult[ExecResult] | None = None
+        started = time.monotonic()
+        for start in range(0, len(targets.all), size):
+            wave = targets.all[start : start + size]
+            part: FleetResult[ExecResult] = await self.request(
+                verb,
+                args,
+                Scope.of(scope, selector=Selector(hosts=tuple(wave)), limit=None),
+                on_progress=on_progress,
+            )
+            if merged is None:
+                merged = part
+                merged.targeted = list(targets.all)
+            else:
+                merged.replies.update(part.replies)
+                merged.errors.update(part.errors)
+                merged.missing.extend(part.missing)
+                merged.offline.extend(part.offline)
+                merged.running.extend(part.running)
+                merged.unreported.update(part.unreported)
+        assert merged is not None
+        merged.duration = time.monotonic() - started
+        return merged
 
     # --- desired state ------------------------------------------------------------------
 

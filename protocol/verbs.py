@@ -23,6 +23,7 @@ from .service import (
     RollbackArgs,
     ServicesArgs,
     ServicesResult,
+    validate_image_ref,
 )
 
 RESERVED_LABELS = frozenset({"host", "arch", "variant", "os", "kernel"})
@@ -52,6 +53,8 @@ class Verb(StrEnum):
     RESTART = "restart"
     RM = "rm"
     SECRET = "secret"
+    EXEC = "exec"
+    RUN = "run"
     SECRETS = "secrets"
 
 
@@ -747,6 +750,76 @@ class ContainerActionResult(_Result):
 # --- the verb table -----------------------------------------------------------
 
 
+# --- exec / run -----------------------------------------------------------------
+
+STDOUT_PHASE = "stdout"
+STDERR_PHASE = "stderr"
+"""``Progress.phase`` of the messages that carry a command's output (``message``: text)."""
+OUTPUT_CHUNK = 4000
+"""Characters of output per progress message."""
+CAPTURE_DEFAULT = 4 * 1024 * 1024
+"""Bytes of each of stdout and stderr kept in the result (beyond: ``truncated``)."""
+CAPTURE_MAX = 16 * 1024 * 1024
+
+Word = Annotated[str, Field(max_length=8192)]
+
+
+class _Command(_Args):
+    command: tuple[Word, ...] = Field(min_length=1, max_length=512)
+    user: str | None = Field(default=None, max_length=256)
+    workdir: str | None = Field(default=None, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    timeout: float = Field(default=60.0, gt=0, le=3600, description="Killed after.")
+    capture: int = Field(default=CAPTURE_DEFAULT, ge=0, le=CAPTURE_MAX)
+
+    @field_validator("env")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or "\x00" in key:
+                raise ValueError(f"invalid variable name {key[:60]!r}")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"workdir {value[:60]!r} must be an absolute path")
+        return value
+
+
+class ExecArgs(_Command):
+    """Run ``command`` in a container (or a service's current container), as docker exec."""
+
+    target: str = Field(pattern=CONTAINER_TARGET_PATTERN)
+
+
+class RunArgs(_Command):
+    """Run ``command`` in a new container of ``image`` that is removed after (docker run --rm)."""
+
+    image: str
+    network: str = Field(default="none", max_length=256, description="none unless given.")
+    pull: bool = Field(default=True, description="Pull the image first if it is missing.")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return validate_image_ref(value)
+
+
+class ExecResult(_Result):
+    """A command's outcome on one host (``exec`` and ``run``)."""
+
+    exit_code: int | None = Field(description="None when it was killed at the timeout.")
+    timed_out: bool = False
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = Field(default=False, description="Output beyond capture was dropped.")
+    duration: float = Field(default=0.0, ge=0)
+    container: ContainerRef | None = None
+    image: str = ""
+
+
 # --- secret / secrets -----------------------------------------------------------
 
 
@@ -862,6 +935,12 @@ VERBS: dict[Verb, VerbSpec] = {
     ),
     Verb.RM: VerbSpec(
         Verb.RM, RmArgs, ContainerActionResult, Role.ADMIN, True, "Remove a container."
+    ),
+    Verb.EXEC: VerbSpec(
+        Verb.EXEC, ExecArgs, ExecResult, Role.OPERATOR, True, "Run a command in a container."
+    ),
+    Verb.RUN: VerbSpec(
+        Verb.RUN, RunArgs, ExecResult, Role.OPERATOR, True, "Run a one-off container."
     ),
     Verb.SECRET: VerbSpec(
         Verb.SECRET, SecretArgs, SecretResult, Role.OPERATOR, True, "Store or delete a secret."

@@ -16,10 +16,12 @@ import docker.errors
 from shoal.protocol import (
     ContainerSummary,
     DockerUnavailable,
+    ExecArgs,
     ImageSummary,
     InfoResult,
     LogLine,
     PsArgs,
+    RunArgs,
     ServiceSpec,
     StatsResult,
 )
@@ -30,11 +32,12 @@ from ..engine import (
     ContainerState,
     DiskSnapshot,
     EngineInfo,
+    ExecState,
     ImageInfo,
     PullProgress,
     Stream,
 )
-from . import containers, images, logs, networks, stats, system, volumes
+from . import containers, execution, images, logs, networks, stats, system, volumes
 
 T = TypeVar("T")
 
@@ -137,6 +140,31 @@ class DockerEngine:
 
     def rename_container(self, container_id: str, name: str) -> None:
         self._call(lambda client: containers.rename_container(client, container_id, name))
+
+    def exec_output(
+        self, container_id: str, args: ExecArgs
+    ) -> tuple[str, Stream[tuple[str, bytes]]]:
+        return self._call(
+            lambda client: execution.exec_output(client, container_id, args), long=True
+        )
+
+    def exec_state(self, exec_id: str) -> ExecState:
+        return self._call(lambda client: execution.exec_state(client, exec_id))
+
+    def run_output(
+        self, args: RunArgs, name: str, labels: dict[str, str]
+    ) -> tuple[str, Stream[tuple[str, bytes]]]:
+        return self._call(
+            lambda client: execution.run_output(client, args, name, labels), long=True
+        )
+
+    def wait_exit(self, container_id: str, timeout: float) -> int | None:
+        return self._call(
+            lambda client: execution.wait_exit(client, container_id, timeout), long=True
+        )
+
+    def kill_container(self, container_id: str) -> None:
+        self._call(lambda client: execution.kill_container(client, container_id))
 
     def start_container(self, container_id: str) -> None:
         self._call(lambda client: containers.start_container(client, container_id))

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from shoal.protocol import VERBS, ShoalError, Verb
 
 from ..context import Handler
-from . import containers, host, logs, prune, secrets, services
+from . import containers, execution, host, logs, prune, secrets, services
 
 
 class RegistryError(ShoalError):
@@ -41,6 +41,7 @@ HANDLERS = build_registry(
     (
         host.HANDLERS,
         containers.HANDLERS,
+        execution.HANDLERS,
         logs.HANDLERS,
         prune.HANDLERS,
         secrets.HANDLERS,

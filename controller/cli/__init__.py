@@ -70,6 +70,8 @@ LAZY_COMMANDS: dict[str, Lazy] = {
     "stop": Lazy("shoal.controller.cli.containers:stop", "Containers"),
     "restart": Lazy("shoal.controller.cli.containers:restart", "Containers"),
     "rm": Lazy("shoal.controller.cli.containers:rm", "Containers"),
+    "exec": Lazy("shoal.controller.cli.execution:exec_command", "Containers"),
+    "run": Lazy("shoal.controller.cli.execution:run_command", "Containers"),
     "df": Lazy("shoal.controller.cli.disk:df", "Disk"),
     "prune": Lazy("shoal.controller.cli.disk:prune", "Disk"),
     "deploy": Lazy("shoal.controller.cli.deploy:deploy", "Deploy"),
