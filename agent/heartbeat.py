@@ -159,6 +159,8 @@ class Heartbeat:
             self.services = await self.service_source()
         except ShoalError as exc:
             log.debug("cannot read the services for the heartbeat: %s", exc.message)
+        except Exception:  # a heartbeat goes out whatever the engine did
+            log.exception("cannot read the services for the heartbeat")
 
     async def publish(self, status: str = "online") -> None:
         """One heartbeat: the health file, then the facts on this host's heartbeat subject."""

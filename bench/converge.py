@@ -52,7 +52,7 @@ from bench.common import (
 from bench.heartbeatsim import host_ids
 from bench.realstack import AgentProcess, ReadyWatcher, RealStack, wait_online
 from bench.rollout import COMMAND, HEALTH, LABEL, VERSIONS, build_and_push, direct_deploy
-from shoal.controller.desired import Declaration, Record
+from shoal.controller.desired import Declaration, Record, record_key
 from shoal.protocol import AgentFacts, Selector, ServiceSpec
 from tests.stack import Registry, registry_available
 
@@ -389,6 +389,8 @@ class Round:
     """t1 - t0: first heartbeat to Fleet.status() converged."""
     phases: dict[str, float] = field(default_factory=dict)
     deploys: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """The reconciler's per-host outcome lines (``created``, ``unchanged``, ...)."""
     states: list[str] = field(default_factory=list)
 
     @property
@@ -450,6 +452,41 @@ class BeatWatch:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._sub.unsubscribe()
+
+
+class RecordWatch:
+    """Every convergence record written for one service on one host, as it is written.
+
+    A core subscription on the key's ``$KV`` subject sees each put (a poll would miss
+    records overwritten within its period); (time received, record) in order.
+    """
+
+    def __init__(self, fleet: Fleet, service: str, host: str) -> None:
+        self.fleet = fleet
+        self.subject = f"$KV.{fleet.desired_store().convergence_name}.{record_key(service, host)}"
+        self.records: list[tuple[float, Record]] = []
+
+    async def __aenter__(self) -> RecordWatch:
+        async def on_put(msg: Message) -> None:
+            with contextlib.suppress(ValueError):  # purges have no body
+                self.records.append((time.time(), Record.model_validate_json(msg.data)))
+
+        self._sub = await self.fleet.nc.subscribe(self.subject, on_put)
+        await self.fleet.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sub.unsubscribe()
+
+    def first(self, state: str, generation: int) -> float | None:
+        """The ``since`` of the first record in ``state`` for ``generation``."""
+        for _, record in self.records:
+            if record.state == state and record.generation == generation:
+                return record.since.timestamp()
+        return None
+
+    def count(self, state: str) -> int:
+        return sum(1 for _, r in self.records if r.state == state)
 
 
 class Rejoin:
@@ -531,12 +568,12 @@ class Rejoin:
             ]
         )
         await self._wait_state("pending", 30)
-        deploys_before = len(deploy_lines(self.serve))
-        store = self.fleet.desired_store()
+        lines_before = len(self.serve.text().splitlines())
         states: list[str] = []
-        deploying: float | None = None
-        recorded: float | None = None
-        async with BeatWatch(self.fleet, HOST, declaration.spec_hash) as beats:
+        async with (
+            BeatWatch(self.fleet, HOST, declaration.spec_hash) as beats,
+            RecordWatch(self.fleet, SERVICE, HOST) as records,
+        ):
             await self.start_agent()
             end = time.monotonic() + 180
             while True:
@@ -545,12 +582,6 @@ class Rejoin:
                 state = next((str(c.state) for c in items if c.host == HOST), "absent")
                 if not states or states[-1] != state:
                     states.append(state)
-                record = (await store.all_records()).get(f"{SERVICE}.{HOST}")
-                if record is not None and record.generation == declaration.generation:
-                    if record.state == "deploying" and deploying is None:
-                        deploying = record.since.timestamp()
-                    if record.state == "converged" and recorded is None:
-                        recorded = record.since.timestamp()
                 if state == "converged" and beats.first is not None:
                     break
                 if time.monotonic() > end:
@@ -559,23 +590,35 @@ class Rejoin:
             assert beats.first is not None
             t0, t0_wall = beats.first
             t1, t1_wall = polled
-            # The last heartbeats may still change the picture: let the reconciler act on
-            # them before counting its deploys (a second one would show here).
+            # Let the reconciler act on the heartbeats that follow before counting its
+            # deploys (one more would show here).
             await asyncio.sleep(SIM_INTERVAL + 1)
+        deploying = records.first("deploying", declaration.generation)
+        recorded = records.first("converged", declaration.generation)
         phases: dict[str, float] = {}
         if deploying is not None:
             phases["reaction"] = deploying - t0_wall
         if deploying is not None and recorded is not None:
             phases["rollout"] = recorded - deploying
+        if recorded is not None:
+            phases["recorded"] = recorded - t0_wall
         if beats.running is not None:
             if recorded is not None:
                 phases["beat"] = beats.running[1] - recorded
             phases["status"] = t1_wall - beats.running[1]
+        new_lines = self.serve.text().splitlines()[lines_before:]
+        outcomes: dict[str, int] = {}
+        marker = f"{SERVICE} on {HOST}: "
+        for line in new_lines:
+            if marker in line:
+                outcome = line.split(marker, 1)[1].split(" ", 1)[0].rstrip(";")
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return Round(
             baseline=0.0,
             reconnect=t1 - t0,
             phases=phases,
-            deploys=len(deploy_lines(self.serve)) - deploys_before,
+            deploys=sum(1 for line in new_lines if DEPLOYING_LINE in line),
+            outcomes=outcomes,
             states=states,
         )
 
@@ -602,15 +645,16 @@ class Rejoin:
             await self.reset()
             baseline = await asyncio.to_thread(self.baseline, version)
         measured.baseline = baseline
-        if measured.deploys != 1:
+        if measured.deploys != 1 and record:
             self.results.problems.append(
-                f"round {index + 1}: shoal serve deployed {measured.deploys} times "
-                f"(states seen: {' > '.join(measured.states)})"
+                f"round {index + 1}: `shoal serve` started {measured.deploys} rollouts to "
+                f"{HOST} (outcomes {measured.outcomes}) for one reconnect"
             )
         log(
             f"converge round {index + 1}{'' if record else ' (warm-up)'} ({version}): "
             f"baseline {baseline:.2f}s, reconnect to converged {measured.reconnect:.2f}s, "
-            f"overhead {measured.overhead:+.2f}s, deploys {measured.deploys}, states "
+            f"overhead {measured.overhead:+.2f}s, deploys {measured.deploys} "
+            f"{measured.outcomes}, states "
             f"{' > '.join(measured.states)}; "
             + ", ".join(f"{k} {v:.2f}s" for k, v in measured.phases.items())
         )

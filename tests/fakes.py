@@ -133,6 +133,12 @@ class FakeEngine:
     def ping(self) -> None:
         self._enter("ping")
 
+    def service_containers(self, service: str | None) -> list[Any]:
+        """No deployed services (heartbeats ask for them; not counted as a call)."""
+        if not self.reachable:
+            raise DockerUnavailable("fake engine: cannot connect to the Docker daemon")
+        return []
+
     def list_containers(self, args: PsArgs) -> list[ContainerSummary]:
         self._enter("list_containers")
         with self._changed:
