@@ -63,8 +63,11 @@ class Events:
         *,
         reachable: Callable[[], bool],
         closed: Callable[[], bool],
+        changed: Callable[[], None] | None = None,
     ) -> None:
         """Publish the engine's container events; watch again when the engine comes back.
+
+        ``changed`` is told of every event (the heartbeat samples the containers again).
 
         After a broken watch, the engine is asked for the events since the last one
         published (or since the watch began), so a short break loses nothing the
@@ -97,6 +100,8 @@ class Events:
                         await self.publish_event(
                             container_event(identity.host_id, identity.instance, record)
                         )
+                        if changed is not None:
+                            changed()
             if stream.error is not None and not closed():
                 log.info("container events watch ended: %s", stream.error)
             since = last_nano / 1e9 if last_nano else began

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import platform
 import socket
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 
 from shoal.protocol import (
@@ -14,6 +16,8 @@ from shoal.protocol import (
     AgentFacts,
     DockerFacts,
     EventKind,
+    HostStats,
+    PsArgs,
     ServiceBeat,
     ShoalError,
     Subjects,
@@ -31,6 +35,10 @@ from .health import Health, write_health
 from .identity import Identity
 
 log = logging.getLogger("shoal.agent")
+
+USAGE_EVERY = 30.0
+"""Seconds between samples of the containers' CPU and memory carried by heartbeats."""
+USAGE_TIMEOUT = 20.0
 
 ENGINE_PROBE_TIMEOUT = 5.0
 
@@ -67,6 +75,11 @@ class Heartbeat:
         """The services this host runs, as the last heartbeat told them."""
         self.service_source: Callable[[], Awaitable[list[ServiceBeat]]] | None = None
         """Reads the services' state (set by the agent once its service store is open)."""
+        self.usage: HostStats | None = None
+        self.usage_at: datetime | None = None
+        self.containers: int | None = None
+        self._sampling: asyncio.Task[None] | None = None
+        self._sampled = 0.0
 
     async def probe_engine(self) -> None:
         """Refresh Docker reachability, publishing an event when it changes."""
@@ -127,6 +140,9 @@ class Heartbeat:
             insecure=self._insecure,
             box_key=self.box_key,
             services=list(self.services),
+            containers=self.containers,
+            usage=self.usage,
+            usage_at=self.usage_at,
         )
 
     async def current_facts(self) -> AgentFacts:
@@ -162,6 +178,33 @@ class Heartbeat:
         except Exception:  # a heartbeat goes out whatever the engine did
             log.exception("cannot read the services for the heartbeat")
 
+    def containers_changed(self) -> None:
+        """A container event: sample again at the next heartbeat (not at every event)."""
+        self._sampled = min(self._sampled, time.monotonic() - USAGE_EVERY + 1.0)
+
+    def sample_usage(self) -> None:
+        """Start a sample of the containers' CPU and memory, at most every USAGE_EVERY."""
+        now = time.monotonic()
+        busy = self._sampling is not None and not self._sampling.done()
+        if busy or not self.docker.reachable or now - self._sampled < USAGE_EVERY:
+            return
+        self._sampled = now
+        self._sampling = asyncio.create_task(self._sample(), name="usage-sample")
+
+    async def _sample(self) -> None:
+        try:
+            stats = await self._calls.run(self._engine.container_stats, timeout=USAGE_TIMEOUT)
+            every = await self._calls.run(self._engine.list_containers, PsArgs(all=True))
+        except ShoalError as exc:
+            log.debug("cannot sample the containers' usage: %s", exc.message)
+            return
+        except Exception:  # the heartbeat goes on without a sample
+            log.exception("cannot sample the containers' usage")
+            return
+        self.usage, self.usage_at, self.containers = stats.host, utcnow(), len(every)
+        if self._connection.is_open:
+            await self.publish()  # the fresh sample now, not a heartbeat later
+
     async def publish(self, status: str = "online") -> None:
         """One heartbeat: the health file, then the facts on this host's heartbeat subject."""
         if status == "online":
@@ -176,11 +219,16 @@ class Heartbeat:
     async def run(self, housekeeping: Callable[[], Awaitable[None]]) -> None:
         """Probe, beat and keep house every heartbeat interval, until cancelled."""
         interval = self._settings.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.probe_engine()
-                await self.publish()
-                await housekeeping()
-            except OSError as exc:
-                log.warning("heartbeat failed: %s", exc)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.probe_engine()
+                    self.sample_usage()
+                    await self.publish()
+                    await housekeeping()
+                except OSError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+        finally:
+            if self._sampling is not None:
+                self._sampling.cancel()

@@ -289,6 +289,7 @@ class Agent:
                     self.calls,
                     reachable=lambda: self.heartbeat.docker.reachable,
                     closed=lambda: self._closed,
+                    changed=self.heartbeat.containers_changed,
                 ),
                 name="container-events",
             )

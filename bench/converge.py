@@ -791,8 +791,12 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
     baseline = [r.baseline for r in rounds]
     reconnect = [r.reconnect for r in rounds]
     overhead = [r.overhead for r in rounds]
-    table.add("host alone: docker-py pull, create, start, healthy", fmt(median(baseline)),
-              spread(baseline), "-")  # fmt: skip
+    table.add(
+        "host alone: docker-py pull, create, start, healthy",
+        fmt(median(baseline)),
+        spread(baseline),
+        "-",
+    )
     table.add(
         "first heartbeat to `Fleet.status()` converged (t1 - t0)",
         fmt(median(reconnect)),
@@ -809,7 +813,18 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
     for key, label in PHASES:
         values = [r.phases[key] for r in rounds if key in r.phases]
         table.add(f"of which: {label}", fmt(median(values)), spread(values), "-")
-    deploys = sorted({r.deploys for r in rounds})
+    recorded = [r.phases["recorded"] - r.baseline for r in rounds if "recorded" in r.phases]
+    table.add(
+        "first heartbeat to the reconciler's first `converged` record, minus host alone",
+        fmt(median(recorded)),
+        spread(recorded),
+        ("met" if median(recorded) <= OVERHEAD_TARGET else "missed") if recorded else "-",
+    )
+    deploys = [r.deploys for r in rounds]
+    outcomes: dict[str, int] = {}
+    for r in rounds:
+        for outcome, n in r.outcomes.items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
     states = sorted({" > ".join(r.states) for r in rounds})
     table.notes += [
         f"Median of {len(rounds)} rounds after a warm-up round; each round measures the "
@@ -829,8 +844,11 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
         "the heartbeats as this process received them. `Fleet.status()` says converged "
         "only once a heartbeat shows the service running with the declared spec hash; "
         "the agent sends one every 5 s, and none right after a deploy.",
-        f"Deploys per round (`{DEPLOYING_LINE}` lines of `shoal serve`): "
-        f"{', '.join(map(str, deploys)) or '-'}; states seen per round: {'; '.join(states)}.",
+        f"Rollouts `shoal serve` started per round (`{DEPLOYING_LINE}` lines in its log, "
+        f"counted until {SIM_INTERVAL + 1:g} s after t1): {', '.join(map(str, deploys))}; "
+        "its outcome lines for the host over all rounds: "
+        + (", ".join(f"{o} {n}" for o, n in sorted(outcomes.items())) or "none")
+        + f". `Fleet.status()` states seen per round: {'; '.join(states)}.",
     ]
     table.notes += sorted(set(results.problems))[:5]
     return table

@@ -135,6 +135,13 @@ class AgentFacts(_Result):
     services: list[ServiceBeat] = Field(
         default_factory=list, description="The services this host runs (deployed by Shoal)."
     )
+    containers: int | None = Field(
+        default=None, ge=0, description="Containers on the host, in any state (sampled)."
+    )
+    usage: HostStats | None = Field(
+        default=None, description="CPU and memory of the host's running containers (sampled)."
+    )
+    usage_at: AwareDatetime | None = Field(default=None, description="When usage was sampled.")
 
     def selectable(self) -> dict[str, str]:
         """Labels plus the facts selectable like labels."""
