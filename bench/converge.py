@@ -68,7 +68,6 @@ SIM_SERVICE = "simapp"
 SIM_LABEL = "role=sim"
 SIM_INTERVAL = 5.0
 SERVICE = "convapp"
-HOST = "conv-0"
 CPU_TARGET = 2.0
 """Per cent of one core."""
 OVERHEAD_TARGET = 2.0
@@ -193,6 +192,8 @@ class Window:
     cpu: dict[str, float]
     heartbeats: int
     rss: dict[str, int] = field(default_factory=dict)
+    deploys: int = 0
+    """Rollouts ``shoal serve`` started during the window."""
 
     def percent(self, name: str) -> float:
         return self.cpu[name] / self.seconds * 100 if self.seconds else float("nan")
@@ -300,10 +301,12 @@ async def idle(stack: RealStack, config: ConvergeConfig) -> IdleResults:
                 "nats-server": stack.nats.pid,
                 "simulator": sim.pid,
             }
+            before = len(deploy_lines(serve))
             beats = BeatCounter(fleet)
             async with beats:
                 window = await measure_window("no convergence records", config.window, pids)
             window.heartbeats = beats.count
+            window.deploys = len(deploy_lines(serve)) - before
             results.windows.append(window)
             log(_window_line(window))
 
@@ -318,12 +321,14 @@ async def idle(stack: RealStack, config: ConvergeConfig) -> IdleResults:
                     )
                 )
             await asyncio.sleep(config.settle)
+            before = len(deploy_lines(serve))
             beats = BeatCounter(fleet)
             async with beats:
                 window = await measure_window(
                     f"{config.hosts:,} converged records", config.window, pids
                 )
             window.heartbeats = beats.count
+            window.deploys = len(deploy_lines(serve)) - before
             results.windows.append(window)
             log(_window_line(window))
             results.converged.append(await _converged(fleet, config.hosts, results))
@@ -490,56 +495,36 @@ class RecordWatch:
 
 
 class Rejoin:
+    """The rounds of 6b.
+
+    Each Shoal measurement has a prefix and a host id of its own: its registry,
+    buckets, ``shoal serve`` and agent state are new. A shared prefix fails within a few
+    rounds: ``Bucket.entries()`` (in every ``Fleet.status()`` and every reconciler pass)
+    lists keys with nats-py's ``kv.keys()``, which leaves an ephemeral consumer on the
+    bucket's stream for 5 minutes, and nats-server refuses a stream's 1,001st consumer
+    ("maximum consumers limit reached"); polling status every 0.1 s beside a reconciler
+    that re-deploys in a loop gets there in about 4 rounds.
+    """
+
     def __init__(
-        self,
-        stack: RealStack,
-        engine_client: docker.DockerClient,
-        refs: dict[str, str],
-        fleet: Fleet,
-        serve: Child,
+        self, stack: RealStack, engine_client: docker.DockerClient, refs: dict[str, str]
     ) -> None:
         self.stack = stack
         self.engine = stack.engines[0]
         self.client = engine_client
         self.refs = refs
-        self.fleet = fleet
-        self.serve = serve
-        self.agent: AgentProcess | None = None
+        self.env = child_env(stack.workdir)
         self.counter = 0
         self.results = RejoinResults()
 
-    # --- the agent
-
-    async def start_agent(self) -> AgentProcess:
-        async with ReadyWatcher(self.fleet.nc, REJOIN_PREFIX) as watcher:
-            agent = self.stack.spawn_agent(self.engine, HOST, REJOIN_PREFIX)
-            self.agent = agent
+    async def start_agent(self, fleet: Fleet, host: str) -> AgentProcess:
+        async with ReadyWatcher(fleet.nc, fleet.subjects.prefix) as watcher:
+            agent = self.stack.spawn_agent(self.engine, host, fleet.subjects.prefix)
             await watcher.wait([agent])
         return agent
 
-    def stop_agent(self) -> None:
-        if self.agent is not None:
-            self.stack.stop_agents([self.agent])
-            self.agent = None
-
-    # --- between measurements
-
-    async def reset(self) -> None:
-        """No declaration, no service, the agent stopped, no app image on the engine."""
-        if SERVICE in await self.fleet.desired():
-            if self.agent is None:
-                await self.start_agent()
-            await self.fleet.withdraw(SERVICE)
-            end = time.monotonic() + 90
-            while SERVICE in await self.fleet.desired():
-                if time.monotonic() > end:
-                    self.results.problems.append("the withdrawn declaration was not forgotten")
-                    break
-                await asyncio.sleep(0.2)
-        self.stop_agent()
-        await asyncio.to_thread(self._wipe)
-
-    def _wipe(self) -> None:
+    def wipe(self) -> None:
+        """No container of the image (Shoal's or the baseline's), no app image."""
         import docker.errors
 
         for container in self.client.containers.list(all=True, filters={"label": LABEL}):
@@ -549,50 +534,70 @@ class Rejoin:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.images.remove(ref, force=True)
 
-    # --- the measurements
-
     def baseline(self, version: str) -> float:
         self.counter += 1
         run = direct_deploy(self.client, self.refs[version], f"converge-direct-{self.counter}")
+        self.wipe()
         return run.seconds
 
-    async def reconnect(self, version: str) -> Round:
-        """Declare for the stopped host, start its agent, time it to converged."""
-        assert self.agent is None
-        [(declaration, _)] = await self.fleet.apply(
-            [
-                Declaration(
-                    service=rejoin_spec(self.refs[version]),
-                    selector=Selector.build(hosts=[HOST]),
+    async def reconnect(self, index: int, version: str) -> Round:
+        """``shoal serve`` running, the host known and stopped: declare, start, time it."""
+        prefix, host = f"{REJOIN_PREFIX}{index}", f"conv-{index}"
+        fleet = self.stack.fleet(prefix, timeout=60.0)
+        agent: AgentProcess | None = None
+        serve: Child | None = None
+        try:
+            async with fleet:
+                await fleet.init_registry()
+                serve = Child(
+                    serve_argv(self.stack, prefix),
+                    self.stack.workdir / "converge" / f"serve-{prefix}.log",
+                    self.env,
                 )
-            ]
-        )
-        await self._wait_state("pending", 30)
-        lines_before = len(self.serve.text().splitlines())
-        states: list[str] = []
-        async with (
-            BeatWatch(self.fleet, HOST, declaration.spec_hash) as beats,
-            RecordWatch(self.fleet, SERVICE, HOST) as records,
-        ):
-            await self.start_agent()
-            end = time.monotonic() + 180
-            while True:
-                items = await self.fleet.status([SERVICE])
-                polled = time.perf_counter(), time.time()
-                state = next((str(c.state) for c in items if c.host == HOST), "absent")
-                if not states or states[-1] != state:
-                    states.append(state)
-                if state == "converged" and beats.first is not None:
-                    break
-                if time.monotonic() > end:
-                    raise RuntimeError(f"{HOST} not converged after 180s: states {states}")
-                await asyncio.sleep(POLL)
-            assert beats.first is not None
-            t0, t0_wall = beats.first
-            t1, t1_wall = polled
-            # Let the reconciler act on the heartbeats that follow before counting its
-            # deploys (one more would show here).
-            await asyncio.sleep(SIM_INTERVAL + 1)
+                await serve.wait_for(LEASE_LINE, timeout=60)
+                agent = await self.start_agent(fleet, host)  # the registry knows the host
+                self.stack.stop_agents([agent])  # it says it is leaving: offline
+                agent = None
+                [(declaration, _)] = await fleet.apply(
+                    [
+                        Declaration(
+                            service=rejoin_spec(self.refs[version]),
+                            selector=Selector.build(hosts=[host]),
+                        )
+                    ]
+                )
+                await _wait_state(fleet, host, "pending", 30)
+                lines_before = len(serve.text().splitlines())
+                states: list[str] = []
+                async with (
+                    BeatWatch(fleet, host, declaration.spec_hash) as beats,
+                    RecordWatch(fleet, SERVICE, host) as records,
+                ):
+                    agent = await self.start_agent(fleet, host)
+                    end = time.monotonic() + 180
+                    while True:
+                        state = await _state(fleet, host)
+                        polled = time.perf_counter(), time.time()
+                        if not states or states[-1] != state:
+                            states.append(state)
+                        if state == "converged" and beats.first is not None:
+                            break
+                        if time.monotonic() > end:
+                            raise RuntimeError(f"{host} not converged after 180s: {states}")
+                        await asyncio.sleep(POLL)
+                    assert beats.first is not None
+                    t0, t0_wall = beats.first
+                    t1, t1_wall = polled
+                    # Let the reconciler act on the heartbeats that follow before
+                    # counting its rollouts (one more would show here).
+                    await asyncio.sleep(SIM_INTERVAL + 1)
+                new_lines = serve.text().splitlines()[lines_before:]
+        finally:
+            if agent is not None:
+                self.stack.stop_agents([agent])
+            if serve is not None:
+                serve.stop()
+            await asyncio.to_thread(self.wipe)
         deploying = records.first("deploying", declaration.generation)
         recorded = records.first("converged", declaration.generation)
         phases: dict[str, float] = {}
@@ -606,9 +611,8 @@ class Rejoin:
             if recorded is not None:
                 phases["beat"] = beats.running[1] - recorded
             phases["status"] = t1_wall - beats.running[1]
-        new_lines = self.serve.text().splitlines()[lines_before:]
         outcomes: dict[str, int] = {}
-        marker = f"{SERVICE} on {HOST}: "
+        marker = f"{SERVICE} on {host}: "
         for line in new_lines:
             if marker in line:
                 outcome = line.split(marker, 1)[1].split(" ", 1)[0].rstrip(";")
@@ -622,44 +626,42 @@ class Rejoin:
             states=states,
         )
 
-    async def _wait_state(self, wanted: str, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            items = await self.fleet.status([SERVICE])
-            state = next((str(c.state) for c in items if c.host == HOST), "absent")
-            if state == wanted:
-                return
-            if time.monotonic() > end:
-                raise RuntimeError(f"{HOST} is {state}, not {wanted}, after {timeout:.0f}s")
-            await asyncio.sleep(POLL)
-
     async def round(self, index: int, record: bool) -> None:
         version = VERSIONS[index % len(VERSIONS)]
-        await self.reset()
         if index % 2 == 0:  # alternate which goes first
             baseline = await asyncio.to_thread(self.baseline, version)
-            await self.reset()
-            measured = await self.reconnect(version)
+            measured = await self.reconnect(index, version)
         else:
-            measured = await self.reconnect(version)
-            await self.reset()
+            measured = await self.reconnect(index, version)
             baseline = await asyncio.to_thread(self.baseline, version)
         measured.baseline = baseline
+        label = f"round {index}" if record else "warm-up round"
         if measured.deploys != 1 and record:
             self.results.problems.append(
-                f"round {index + 1}: `shoal serve` started {measured.deploys} rollouts to "
-                f"{HOST} (outcomes {measured.outcomes}) for one reconnect"
+                f"{label}: `shoal serve` started {measured.deploys} rollouts to the host for "
+                f"one reconnect (outcomes {measured.outcomes})"
             )
         log(
-            f"converge round {index + 1}{'' if record else ' (warm-up)'} ({version}): "
-            f"baseline {baseline:.2f}s, reconnect to converged {measured.reconnect:.2f}s, "
-            f"overhead {measured.overhead:+.2f}s, deploys {measured.deploys} "
-            f"{measured.outcomes}, states "
-            f"{' > '.join(measured.states)}; "
+            f"converge {label} ({version}): baseline {baseline:.2f}s, reconnect to converged "
+            f"{measured.reconnect:.2f}s, overhead {measured.overhead:+.2f}s, rollouts "
+            f"{measured.deploys} {measured.outcomes}, states {' > '.join(measured.states)}; "
             + ", ".join(f"{k} {v:.2f}s" for k, v in measured.phases.items())
         )
         if record:
             self.results.rounds.append(measured)
+
+
+async def _state(fleet: Fleet, host: str) -> str:
+    items = await fleet.status([SERVICE])
+    return next((str(c.state) for c in items if c.host == host), "absent")
+
+
+async def _wait_state(fleet: Fleet, host: str, wanted: str, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while (state := await _state(fleet, host)) != wanted:
+        if time.monotonic() > end:
+            raise RuntimeError(f"{host} is {state}, not {wanted}, after {timeout:.0f}s")
+        await asyncio.sleep(POLL)
 
 
 async def rejoin(stack: RealStack, config: ConvergeConfig) -> RejoinResults:
@@ -669,40 +671,21 @@ async def rejoin(stack: RealStack, config: ConvergeConfig) -> RejoinResults:
         return RejoinResults(skipped=reason)
     engine = stack.ensure_engines(1)[0]
     registry = Registry(stack.workdir / "converge-registry")
-    serve: Child | None = None
-    bench: Rejoin | None = None
     client = engine.client(timeout=120)
+    bench: Rejoin | None = None
     try:
         registry.start()
         refs = await asyncio.to_thread(build_and_push, engine, registry, config.payload_mib)
-        fleet = stack.fleet(REJOIN_PREFIX, timeout=60.0)
-        async with fleet:
-            await fleet.init_registry()
-            serve = Child(
-                serve_argv(stack, REJOIN_PREFIX),
-                stack.workdir / "converge" / "serve-rejoin.log",
-                child_env(stack.workdir),
-            )
-            await serve.wait_for(LEASE_LINE, timeout=60)
-            bench = Rejoin(stack, client, refs, fleet, serve)
-            try:
-                await bench.start_agent()  # the registry knows the host from now on
-                await wait_online(fleet, 1)
-                await bench.round(0, record=False)  # warm-up: first pulls, page cache
-                for index in range(config.rounds):
-                    await bench.round(index, record=True)
-                await bench.reset()
-            finally:
-                bench.stop_agent()
+        bench = Rejoin(stack, client, refs)
+        await bench.round(0, record=False)  # warm-up: first pulls, page cache
+        for index in range(1, config.rounds + 1):
+            await bench.round(index, record=True)
     finally:
-        if serve is not None:
-            serve.stop()
         if bench is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(bench._wipe)
+                await asyncio.to_thread(bench.wipe)
         client.close()
         registry.cleanup()
-    assert bench is not None
     return bench.results
 
 
@@ -729,6 +712,7 @@ def idle_table(results: IdleResults, config: ConvergeConfig) -> Table:
             "target (< 2 %)",
             "RSS serve / floor (MiB)",
             "heartbeats/s",
+            "rollouts started",
         ],
     )
     for window in results.windows:
@@ -742,6 +726,7 @@ def idle_table(results: IdleResults, config: ConvergeConfig) -> Table:
             "met" if serve < CPU_TARGET else "missed",
             f"{window.rss['serve'] / MiB:.1f} / {window.rss['floor'] / MiB:.1f}",
             fmt(window.heartbeats / window.seconds),
+            str(window.deploys),
         )
     context = "; ".join(
         f"{w.label}: nats-server {fmt(w.percent('nats-server'))} %, simulator "
@@ -829,17 +814,19 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
     table.notes += [
         f"Median of {len(rounds)} rounds after a warm-up round; each round measures the "
         "baseline and Shoal once (which goes first alternates) and alternates image v1/v2. "
-        "Before each, the declaration is withdrawn (the reconciler removes the service "
-        "and forgets it), the agent stopped and the image deleted, so every run pulls "
-        "from the local registry.",
+        "After each, the containers and the image are removed from the engine, so every run "
+        "pulls from the local registry. Each Shoal run has a subject prefix and a host id of "
+        "its own (new registry, buckets and agent state; see the consumer limit below).",
         f"The image and health check of benchmark 5 (busybox plus {config.payload_mib} MiB "
         "of random bytes, `HEALTHCHECK --interval=1s`, `sleep 3600`, network `none`). The "
         "declaration selects the host by id; the default rollout policy (as `shoal apply` "
         "stores it for a compose file without `update_config`).",
-        "Shoal: `shoal serve` running (its own process), the host's agent stopped (so "
-        "`pending`); the service declared; the agent started (a real `shoal-agent`, "
-        "default heartbeat interval 5 s). t0: its first heartbeat (sent just before its "
-        "`started` event); t1: the first `Fleet.status()` poll that shows it converged.",
+        "Shoal: `shoal serve` started (its own process) and holding the lease; the host's "
+        "agent (a real `shoal-agent`, default heartbeat interval 5 s) started once and "
+        "stopped, so the registry knows the host as offline (`pending`); the service "
+        "declared for it; then the agent started again. t0: its first heartbeat (sent just "
+        "before its `started` event); t1: the first `Fleet.status()` poll (every 0.1 s) "
+        "that shows it converged.",
         "Phases from wall-clock stamps: the records' `since` (written by `shoal serve`), "
         "the heartbeats as this process received them. `Fleet.status()` says converged "
         "only once a heartbeat shows the service running with the declared spec hash; "
@@ -848,7 +835,8 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
         f"counted until {SIM_INTERVAL + 1:g} s after t1): {', '.join(map(str, deploys))}; "
         "its outcome lines for the host over all rounds: "
         + (", ".join(f"{o} {n}" for o, n in sorted(outcomes.items())) or "none")
-        + f". `Fleet.status()` states seen per round: {'; '.join(states)}.",
+        + f". `Fleet.status()` states seen per round: {'; '.join(states)} ('absent': "
+        "a poll that listed no declaration at all).",
     ]
     table.notes += sorted(set(results.problems))[:5]
     return table

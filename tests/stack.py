@@ -607,7 +607,8 @@ class DockerEngine(_Part):
         # Networks the engine makes take /24s of a /21 of its own in 198.18.0.0/15 (for
         # benchmarks, not a private range), so that no test network lands on an address
         # this machine forbids, and engines on one machine never share a subnet.
-        pool = next(self._pools) % 64
+        # Offset by process, so that two test runs on one machine take different pools.
+        pool = ((os.getpid() % 21) * 3 + next(self._pools)) % 64
         self.address_pool = f"198.{18 + pool // 32}.{(pool % 32) * 8}.0/21"
         self.socket_path = self.workdir / "docker.sock"
         self.data_root = self.workdir / "data"

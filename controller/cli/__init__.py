@@ -59,6 +59,7 @@ class Lazy:
 # engine) loads only when that command runs, so `shoal ps` does not pay for `deploy`.
 LAZY_COMMANDS: dict[str, Lazy] = {
     "ps": Lazy("shoal.controller.cli.ps:ps", "Fleet"),
+    "top": Lazy("shoal.controller.cli.top:top", "Fleet"),
     "agents": Lazy("shoal.controller.cli.agents:app", "Fleet", group=True),
     "images": Lazy("shoal.controller.cli.observe:images", "Fleet"),
     "stats": Lazy("shoal.controller.cli.observe:stats", "Fleet"),
