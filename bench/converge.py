@@ -836,7 +836,7 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
         "its outcome lines for the host over all rounds: "
         + (", ".join(f"{o} {n}" for o, n in sorted(outcomes.items())) or "none")
         + f". `Fleet.status()` states seen per round: {'; '.join(states)} ('absent': "
-        "a poll that listed no declaration at all).",
+        "a poll that listed nothing for the host).",
     ]
     table.notes += sorted(set(results.problems))[:5]
     return table

@@ -13,13 +13,12 @@ from shoal.controller.registry import AgentRecord
 from shoal.protocol import DockerFacts, Selector, utcnow
 from tests.factories import agent_facts
 
-NOW = utcnow()
-
 
 def record(host: str, **fields: object) -> AgentRecord:
     online = bool(fields.pop("online", True))
-    seen = NOW - timedelta(seconds=float(fields.pop("age", 0.0)))  # type: ignore[arg-type]
-    facts = agent_facts(host, at=NOW, heartbeat_interval=5, **fields)
+    now = utcnow()
+    seen = now - timedelta(seconds=float(fields.pop("age", 0.0)))  # type: ignore[arg-type]
+    facts = agent_facts(host, at=now, heartbeat_interval=5, **fields)
     return AgentRecord(host, facts, seen, online)
 
 
@@ -36,6 +35,7 @@ def view_of(records: list[AgentRecord]) -> FleetView:
 
 
 def test_host_states() -> None:
+    NOW = utcnow()
     assert host_state(record("a"), NOW) == "online"
     assert host_state(record("a", online=False), NOW) == "offline"
     assert host_state(record("a", age=60), NOW) == "offline"  # silent for 3 beats
