@@ -18,6 +18,7 @@ from rich.text import Text
 
 from shoal.protocol import RolloutConfig, ServicesArgs
 
+from ..errors import FleetError
 from ..result import ExitCode
 from .common import (
     HostsOpt,
@@ -341,6 +342,41 @@ def status(
     raise typer.Exit(int(code))
 
 
+def _web_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        usage_error(f"invalid --web {text!r}: use ADDRESS:PORT, e.g. 127.0.0.1:4280")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def _dashboard(
+    fleet: Fleet, address: str, port: int, token: str | None, actions: bool
+) -> None:
+    try:
+        from ..web.app import is_loopback, serve_dashboard
+    except ModuleNotFoundError as exc:
+        err.say(("dashboard:", "red"), f" {exc.name} is missing: pip install 'shoal[web]'")
+        return
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        where = f"http://{address}:{port}/"
+        guard = "token required" if token else "no token"
+        mode = "actions allowed" if actions else "read-only"
+        err.say(("dashboard", "green"), f" on {where} ({guard}, {mode})")
+        if not is_loopback(address):
+            err.say(("dashboard:", "yellow"), " reachable off this machine: keep the token secret")
+
+    told = asyncio.create_task(announce())
+    try:
+        await serve_dashboard(fleet, address, port, token=token, actions=actions, started=started)
+    except FleetError as exc:
+        err.say(("dashboard:", "red"), f" {exc.message}")
+    finally:
+        told.cancel()
+
+
 def _detail(c: Convergence) -> str:
     if str(c.state) == "pending":
         return f"offline, last seen {_when(c.last_seen)}"
@@ -365,14 +401,49 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    web: Annotated[
+        str | None,
+        typer.Option(
+            "--web",
+            metavar="ADDRESS:PORT",
+            help="Also serve the web dashboard here, e.g. 127.0.0.1:4280 (needs shoal[web]).",
+            show_default=False,
+        ),
+    ] = None,
+    web_token: Annotated[
+        str | None,
+        typer.Option(
+            "--web-token",
+            envvar="SHOAL_WEB_TOKEN",
+            help="Token the dashboard asks for (required off 127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    web_actions: Annotated[
+        bool,
+        typer.Option(
+            "--web-actions",
+            help="Let the page act (restart a container), signed with this server's key.",
+        ),
+    ] = False,
     server: ServerOpt = None,
 ) -> None:
     """Run the reconciler: keep every selected host converged to the declarations.
 
     Several replicas may run: one holds a lease and acts, the others take over within
     seconds when it stops. Stops on SIGINT or SIGTERM, after the rollouts in flight.
+    With --web it also serves the dashboard: the fleet live in a browser, read-only
+    unless --web-actions (then each action is a request signed with this server's key,
+    which the agents refuse unless its role allows it).
     """
     from ..reconcile import Reconciler
+
+    address, port = _web_address(web) if web is not None else ("", 0)
+    if web is not None and address not in ("127.0.0.1", "::1", "localhost") and not web_token:
+        usage_error(
+            f"the dashboard on {address} needs a token (--web-token or SHOAL_WEB_TOKEN):"
+            " off 127.0.0.1 anyone who reaches it would see the fleet"
+        )
 
     name = holder or f"{socket.gethostname()}:{os.getpid()}"
     fleet = make_fleet(ctx, server)
@@ -386,7 +457,18 @@ def serve(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, reconciler.stop)
             err.say(f"shoal serve: {fleet.sender} waiting for the reconciler lease")
-            await reconciler.run()
+            dashboard = None
+            if web is not None:
+                dashboard = asyncio.create_task(
+                    _dashboard(fleet, address, port, web_token, web_actions)
+                )
+            try:
+                await reconciler.run()
+            finally:
+                if dashboard is not None:
+                    dashboard.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await dashboard
             err.say("shoal serve: stopped")
 
     run(work())

@@ -13,6 +13,7 @@ import typer
 from shoal.protocol import NatsOptions, Role
 
 from ..embedded import EmbeddedNats, state_dir
+from ..errors import FleetError
 from ..fleet import Fleet
 from ..keys import KeyStore, resolve_signer
 from ..reconcile import Reconciler
@@ -23,7 +24,12 @@ if TYPE_CHECKING:  # the agent's modules load only when 'shoal up' runs
 
 
 async def run_up(
-    store: Path, address: str, port: int, settings: AgentSettings | None, prefix: str
+    store: Path,
+    address: str,
+    port: int,
+    settings: AgentSettings | None,
+    prefix: str,
+    web_port: int | None = None,
 ) -> None:
     from shoal.agent import __version__ as agent_version
     from shoal.agent.runtime import Agent, AgentStartError
@@ -72,15 +78,40 @@ async def run_up(
             reconciler = Reconciler(serve_fleet, holder="shoal-serve:up")
             serving = asyncio.create_task(reconciler.run(), name="reconciler")
             err.say(("reconciler", "green"), " converging declared services ('shoal apply')")
+            web = None
+            if web_port is not None:
+                web = asyncio.create_task(_web(serve_fleet, web_port), name="dashboard")
             err.say("Ready: run 'shoal agents' or 'shoal ps' in another terminal. Ctrl-C stops.")
             try:
                 await stop.wait()
             finally:
                 err.print("stopping…")
                 reconciler.stop()
-                await asyncio.gather(serving, return_exceptions=True)
+                if web is not None:
+                    web.cancel()
+                await asyncio.gather(serving, *([web] if web else []), return_exceptions=True)
                 if agent is not None:
                     await agent.stop()
+
+
+async def _web(fleet: Fleet, port: int) -> None:
+    """The dashboard on 127.0.0.1 only (read-only), if the web extra is installed."""
+    try:
+        from ..web.app import serve_dashboard
+    except ModuleNotFoundError:
+        err.say("dashboard: not installed (pip install 'shoal[web]')")
+        return
+    started = asyncio.Event()
+    task = asyncio.create_task(serve_dashboard(fleet, "127.0.0.1", port, started=started))
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if started.is_set():
+        err.say(("dashboard", "green"), f" on http://127.0.0.1:{port}/ (read-only)")
+    waiter.cancel()
+    try:
+        await task
+    except FleetError as exc:
+        err.say(("dashboard:", "red"), f" {exc.message}")
 
 
 def up(
@@ -111,6 +142,11 @@ def up(
     docker_host: Annotated[
         str | None, typer.Option("--docker-host", envvar="DOCKER_HOST", help="Docker engine.")
     ] = None,
+    web_port: Annotated[
+        int,
+        typer.Option("--web-port", help="Port of the web dashboard, on 127.0.0.1 only."),
+    ] = 4280,
+    no_web: Annotated[bool, typer.Option("--no-web", help="No web dashboard.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the agent.")] = False,
 ) -> None:
     """Run Shoal on this machine: a NATS server with JetStream and an agent for local Docker.
@@ -147,4 +183,13 @@ def up(
         install_event_loop_policy(settings.event_loop if settings is not None else "auto")
     except EventLoopUnavailable as exc:
         usage_error(f"SHOAL_EVENT_LOOP=uvloop: {exc}")
-    run(run_up(store or state_dir() / "nats", address, port, settings, g.prefix))
+    run(
+        run_up(
+            store or state_dir() / "nats",
+            address,
+            port,
+            settings,
+            g.prefix,
+            web_port=None if no_web else web_port,
+        )
+    )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,7 +333,7 @@ def test_agents_survive_a_nats_restart(
 def test_shoal_up_runs_nats_and_a_local_agent(
     engines: list[DockerEngine], stack_dir: Path, test_label: str
 ) -> None:
-    port = free_port()
+    port, web_port = free_port(), free_port()
     server = f"nats://127.0.0.1:{port}"
     store = stack_dir / f"up-{test_label}"
     process = subprocess.Popen(
@@ -345,6 +348,8 @@ def test_shoal_up_runs_nats_and_a_local_agent(
             "up-host",
             "--docker-host",
             engines[0].host,
+            "--web-port",
+            str(web_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -363,6 +368,14 @@ def test_shoal_up_runs_nats_and_a_local_agent(
         assert refused.json()["errors"]["up-host"]["code"] == "unauthorized"
         agents_doc = run_shoal("agents", "--json", server=server).json()
         assert [a["host_id"] for a in agents_doc["agents"]] == ["up-host"]
+
+        def dashboard() -> dict[str, Any]:
+            url = f"http://127.0.0.1:{web_port}/api/fleet"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return dict(json.load(reply))
+
+        fleet = poll("the dashboard of shoal up", dashboard, 30, ignore=(OSError,))
+        assert [h["host"] for h in fleet["hosts"]] == ["up-host"]
     finally:
         process.send_signal(signal.SIGINT)
         try:
