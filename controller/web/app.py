@@ -64,6 +64,8 @@ class Dashboard:
     actions: bool = False
     history: dict[str, deque[tuple[float, float, int]]] = field(default_factory=dict)
     convergence: list[Convergence] = field(default_factory=list)
+    _rows: dict[str, tuple[tuple[int, str, int], dict[str, Any]]] = field(default_factory=dict)
+    """Each host's row as JSON, kept until its record, state or history changes."""
 
     def sample(self) -> None:
         """Keep each host's latest usage sample for its sparkline."""
@@ -76,13 +78,24 @@ class Dashboard:
             if not points or points[-1][0] != stamp:
                 points.append((stamp, usage.cpu_percent, usage.memory_usage))
 
+    def _row(self, row: HostRow) -> dict[str, Any]:
+        record = self.view.hosts.get(row.host)
+        history = self.history.get(row.host)
+        key = (id(record), row.state, len(history) if history is not None else 0)
+        cached = self._rows.get(row.host)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        document = _row_json(row, history)
+        self._rows[row.host] = (key, document)
+        return document
+
     def snapshot(self) -> dict[str, Any]:
         """Hosts, counts, declared services and events, as the page shows them."""
         self.sample()
         rows = self.view.rows(sort="state")
         counts = self.view.counts(rows)
         return {
-            "hosts": [_row_json(r, self.history.get(r.host)) for r in rows],
+            "hosts": [self._row(r) for r in rows],
             "counts": dict(counts),
             "services": [_convergence_json(c) for c in self.convergence],
             "events": [
