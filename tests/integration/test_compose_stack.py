@@ -182,6 +182,15 @@ def test_a_stack_with_a_network_and_a_secret(
         value = db_container.exec_run(["cat", "/run/secrets/db_password"])
         assert value.output.decode() == new_secret
 
+    # Prune keeps the networks the services use, even with their containers stopped.
+    with contextlib.closing(engines[0].client()) as client:
+        client.containers.get(f"{web}-main").stop(timeout=0)
+    pruned = run_shoal("prune", "networks", "--yes", "--json", server=nats_server.url)
+    assert pruned.code == 0, pruned.stderr
+    with contextlib.closing(engines[0].client()) as client:
+        names = {n.name for n in client.networks.list()}
+    assert {f"{project}_default", f"{project}_back"} <= names
+
     audit = run_shoal("audit", "--json", server=nats_server.url)
     assert audit.code == 0, audit.stderr
     assert any(r.get("verb") == "deploy" for r in audit.json()["records"])
