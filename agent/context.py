@@ -54,6 +54,8 @@ class HostContext:
     """Secret and config files, and the key their values are sealed to."""
     announce: Callable[[], Coroutine[Any, Any, None]]
     """Publish a heartbeat now (at most once a second): a broadcast ping asks for one."""
+    services_changed: Callable[[], None]
+    """A deploy, rollback or removal changed the services: a heartbeat soon says so."""
 
 
 class RequestContext:

@@ -114,6 +114,7 @@ class Agent:
         self._keep_rules: KeepRules | None = None
         self._recovered = False
         self._last_announce = 0.0
+        self._beat_due: asyncio.Event | None = None
         self.long_timeout = settings.long_timeout
         self.connection = AgentConnection(
             settings,
@@ -211,6 +212,7 @@ class Agent:
             keep_rules=lambda: self.keep_rules,
             files=self.files,
             announce=self._announce,
+            services_changed=self._services_changed,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -424,6 +426,26 @@ class Agent:
             return
         self._last_announce = now
         await self.heartbeat.publish()
+
+    def _services_changed(self) -> None:
+        """Publish a heartbeat soon; changes while one is being sent ask for one more."""
+        if self._beat_due is not None:
+            self._beat_due.set()
+            return
+        due = self._beat_due = asyncio.Event()
+        due.set()
+
+        async def beat() -> None:
+            try:
+                while due.is_set() and self._accepting:
+                    due.clear()
+                    await self.heartbeat.publish()
+            except OSError as exc:
+                log.warning("heartbeat after a service change failed: %s", exc)
+            finally:
+                self._beat_due = None
+
+        self.keep_task(asyncio.create_task(beat()))
 
     async def _service_beats(self) -> list[ServiceBeat]:
         from .beats import service_beats

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -63,8 +64,9 @@ class Declaration(_Model):
     def name(self) -> str:
         return self.service.name
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
+        """The service's spec hash, computed once (every pass compares every host's)."""
         return self.service.spec_hash()
 
     def same_intent(self, other: Declaration) -> bool:
@@ -205,6 +207,8 @@ def evaluate(
     if not agent.online:
         return Convergence(**base, state=HostState.PENDING, reason="offline")
     found = drift(declaration, agent, unhealthy_since, now)
+    if found is not None and fresh_rollout(record, declaration, agent):
+        found = None  # the heartbeat predates the rollout that converged the host
     if found is None:
         converged = current and record is not None and record.state == "converged"
         return Convergence(
@@ -228,6 +232,20 @@ def evaluate(
             next_try=record.next_try,
         )
     return Convergence(**base, state=HostState.DRIFTED, reason=found.reason)
+
+
+def fresh_rollout(record: Record | None, declaration: Declaration, agent: AgentRecord) -> bool:
+    """Whether a rollout of this generation converged the host after its last heartbeat.
+
+    The heartbeat then shows the host as it was before the deploy; the rollout's health
+    gate vouches for it until a newer heartbeat says otherwise.
+    """
+    return (
+        record is not None
+        and record.state == "converged"
+        and record.generation == declaration.generation
+        and agent.last_seen < record.since
+    )
 
 
 def matches(declaration: Declaration, agent: AgentRecord) -> bool:

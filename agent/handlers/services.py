@@ -22,16 +22,31 @@ def deployer(ctx: RequestContext) -> Deployer:
     return Deployer(ctx.host)
 
 
+def _changed(ctx: RequestContext, args: DeployArgs | RollbackArgs | RemoveArgs) -> None:
+    """Heartbeat soon, so the reconciler and dashboards see the new services at once."""
+    if not getattr(args, "dry_run", False):
+        ctx.host.services_changed()
+
+
 async def handle_deploy(ctx: RequestContext, args: DeployArgs) -> BaseModel:
-    return await deployer(ctx).deploy(ctx, args)
+    try:
+        return await deployer(ctx).deploy(ctx, args)
+    finally:
+        _changed(ctx, args)
 
 
 async def handle_rollback(ctx: RequestContext, args: RollbackArgs) -> BaseModel:
-    return await deployer(ctx).rollback(ctx, args)
+    try:
+        return await deployer(ctx).rollback(ctx, args)
+    finally:
+        _changed(ctx, args)
 
 
 async def handle_remove(ctx: RequestContext, args: RemoveArgs) -> BaseModel:
-    return await deployer(ctx).remove(ctx, args)
+    try:
+        return await deployer(ctx).remove(ctx, args)
+    finally:
+        _changed(ctx, args)
 
 
 async def handle_services(ctx: RequestContext, args: ServicesArgs) -> BaseModel:

@@ -8,6 +8,7 @@ buckets, :class:`KeyExists` and :class:`WrongRevision`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -117,16 +118,20 @@ class BucketSpec:
 class Bucket:
     """One key-value bucket."""
 
-    def __init__(self, kv: KeyValue, action: str) -> None:
+    def __init__(self, kv: KeyValue, action: str, *, js: JetStream, name: str) -> None:
         self._kv = kv
         self.action = action
+        self._js = js
+        self.name = name
 
     async def create(self, key: str, value: bytes) -> int:
         """Create ``key``; its revision. :class:`KeyExists` when it is there already."""
         async with jetstream_errors(self.action):
             try:
                 return int(await self._kv.create(key, value))
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                # nats-py reads the key back after a refused create, to tell a deleted key
+                # from a live one; a key that expired in between is not found: it existed.
                 raise KeyExists(f"{self.action}: {key!r} exists") from None
 
     async def update(self, key: str, value: bytes, *, last: int) -> int:
@@ -166,21 +171,22 @@ class Bucket:
             await self._kv.purge(key)
 
     async def entries(self) -> dict[str, bytes]:
-        """Every live key's value (an empty bucket gives ``{}``)."""
-        async with jetstream_errors(self.action):
-            try:
-                keys = await self._kv.keys()
-            except nats.js.errors.NoKeysError:
-                return {}
-            out: dict[str, bytes] = {}
-            for key in keys:
-                try:
-                    entry = await self._kv.get(key)
-                except nats.js.errors.NotFoundError:
-                    continue
-                if entry.value:
-                    out[key] = entry.value
-            return out
+        """Every live key's value (an empty bucket gives ``{}``).
+
+        Read as the last message per subject of the bucket's stream, in batches: no
+        consumer is left behind (nats-py's ``keys()`` leaves one per call, and a stream
+        takes 1,000) and no round trip per key. Deleted and purged keys end in an empty
+        marker message, so they are left out as an empty value is.
+        """
+        prefix = f"$KV.{self.name}."
+        messages = await self._js.last_per_subject(
+            f"KV_{self.name}", f"{prefix}>", action=self.action
+        )
+        return {
+            m.subject.removeprefix(prefix): m.data
+            for m in messages
+            if m.data and m.subject.startswith(prefix)
+        }
 
     async def delete(self, key: str, *, last: int) -> None:
         """Delete ``key`` if still at revision ``last``."""
@@ -391,9 +397,19 @@ class JetStream:
                         history=spec.history,
                         ttl=spec.ttl,
                         storage=StorageType.FILE,
+                        direct=True,  # entries() reads it with batched direct gets
                     )
                 )
-        return Bucket(kv, action)
+            else:
+                await self._allow_direct(f"KV_{spec.name}")
+        return Bucket(kv, action, js=self, name=spec.name)
+
+    async def _allow_direct(self, stream: str) -> None:
+        """Turn on direct gets for a bucket made without them (by an earlier version)."""
+        info = await self.raw.stream_info(stream)
+        if not info.config.allow_direct:
+            log.info("allowing direct gets on %s", stream)
+            await self.raw.update_stream(dataclasses.replace(info.config, allow_direct=True))
 
 
 def _direct_message(msg: Message, headers: dict[str, str]) -> StoredMessage | None:

@@ -157,3 +157,18 @@ def test_the_same_intent_ignores_generation_and_stamps() -> None:
     assert a.same_intent(b)
     other = Declaration(service=SPEC.model_copy(update={"image": "nginx:1.26"}))
     assert not a.same_intent(other)
+
+
+def test_a_heartbeat_from_before_a_converging_rollout_does_not_make_it_drift_again() -> None:
+    after_the_beat = record("converged", age=-2)  # the rollout ended 2 s after the heartbeat
+    result = evaluate(declaration(), host(state=None), after_the_beat, NOW)
+    assert result.state == HostState.CONVERGED and result.since == after_the_beat.since
+    # A heartbeat newer than the record is believed: the service went missing since.
+    before_the_beat = record("converged", age=2)
+    assert evaluate(declaration(), host(state=None), before_the_beat, NOW).state == (
+        HostState.DRIFTED
+    )
+    # A record of an older generation vouches for nothing.
+    older = record("converged", generation=1, age=-2)
+    result = evaluate(declaration(generation=2), host(state=None), older, NOW)
+    assert result.state == HostState.DRIFTED
