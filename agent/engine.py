@@ -311,3 +311,9 @@ class Engine(Protocol):
     def past_container_events(self, since: float, until: float) -> list[ContainerEventRecord]:
         """Container events between two UNIX times that the engine still holds."""
         ...
+
+    def start_upgrade_helper(
+        self, own_id: str, image: str, *, deadline: float, version: str | None
+    ) -> str:
+        """Start the helper container that replaces the agent's container; its id."""
+        ...

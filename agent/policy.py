@@ -229,6 +229,19 @@ class ExecPolicy(_Section):
         return _check_patterns(value, "command patterns")
 
 
+class UpgradePolicy(_Section):
+    """``shoal agents upgrade`` on this host (the admin role is needed too)."""
+
+    allow: StrictBool = True
+    images: tuple[StrictStr, ...] = ()
+    """Globs the new agent image must match; empty: any image."""
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_patterns(value, "upgrade image patterns")
+
+
 class Policy(BaseModel):
     """What deploys and pulls may ask of this host."""
 
@@ -237,6 +250,7 @@ class Policy(BaseModel):
     images: ImagesPolicy = Field(default_factory=ImagesPolicy)
     containers: ContainersPolicy = Field(default_factory=ContainersPolicy)
     exec: ExecPolicy = Field(default_factory=ExecPolicy)
+    upgrade: UpgradePolicy = Field(default_factory=UpgradePolicy)
 
     @classmethod
     def default(cls) -> Policy:
@@ -347,6 +361,24 @@ def check_command(policy: Policy, command: tuple[str, ...], *, run: bool = False
             "exec.commands",
             line[:200],
             f"policy denies the command {line[:200]!r} (not in exec.commands)",
+        )
+    if denial is not None:
+        raise _denied([denial], None)
+
+
+def check_upgrade(policy: Policy, image: str) -> None:
+    """Raise :class:`PolicyDenied` unless this agent may be replaced by ``image``."""
+    denial = _flag("upgrade.allow", policy.upgrade.allow, True, "shoal agents upgrade")
+    patterns = policy.upgrade.images
+    if (
+        denial is None
+        and patterns
+        and (_has_control(image) or not any(fnmatch.fnmatchcase(image, p) for p in patterns))
+    ):
+        denial = Denial(
+            "upgrade.images",
+            image[:200],
+            f"policy denies the agent image {image[:200]!r} (not in upgrade.images)",
         )
     if denial is not None:
         raise _denied([denial], None)

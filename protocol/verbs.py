@@ -56,6 +56,7 @@ class Verb(StrEnum):
     EXEC = "exec"
     RUN = "run"
     SECRETS = "secrets"
+    UPGRADE = "upgrade"
 
 
 class Role(StrEnum):
@@ -827,6 +828,55 @@ class ExecResult(_Result):
     image: str = ""
 
 
+# --- upgrade --------------------------------------------------------------------
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+
+
+class UpgradeArgs(_Args):
+    """Replace this agent with another version (``shoal agents upgrade``).
+
+    An agent in a container starts a helper container that swaps it for a container of
+    the new image (same settings, mounts and networks) and restores the old one unless
+    the new agent turns healthy within ``deadline`` seconds.
+    """
+
+    image: str | None = Field(
+        default=None, description="The new agent image; default: this agent's image at version."
+    )
+    version: str | None = Field(
+        default=None, pattern=VERSION_PATTERN, description="The version the new agent must report."
+    )
+    deadline: float = Field(
+        default=120.0, gt=0, le=3600, description="Seconds the new agent has to turn healthy."
+    )
+    pull: Literal["missing", "always"] = "missing"
+    dry_run: bool = False
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else validate_image_ref(value)
+
+    @model_validator(mode="after")
+    def _target(self) -> UpgradeArgs:
+        if self.image is None and self.version is None:
+            raise ValueError("give the new image, the new version, or both")
+        return self
+
+
+class UpgradeResult(_Result):
+    """An upgrade under way on one host: the helper that carries it out."""
+
+    mode: Literal["container"] = "container"
+    container: str = Field(description="The agent's container (its name).")
+    old_image: str
+    new_image: str
+    old_version: str
+    helper: str = Field(default="", description="The helper container's id (none in a dry run).")
+    dry_run: bool = False
+
+
 # --- secret / secrets -----------------------------------------------------------
 
 
@@ -954,6 +1004,9 @@ VERBS: dict[Verb, VerbSpec] = {
     ),
     Verb.SECRETS: VerbSpec(
         Verb.SECRETS, SecretsArgs, SecretsResult, Role.VIEWER, False, "Names of stored secrets."
+    ),
+    Verb.UPGRADE: VerbSpec(
+        Verb.UPGRADE, UpgradeArgs, UpgradeResult, Role.ADMIN, True, "Replace the agent itself."
     ),
 }
 

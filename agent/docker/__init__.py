@@ -6,6 +6,7 @@ Every Docker SDK call of the agent lives in this package, split by resource.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -37,7 +38,7 @@ from ..engine import (
     PullProgress,
     Stream,
 )
-from . import containers, execution, images, logs, networks, stats, system, volumes
+from . import containers, execution, images, logs, networks, stats, system, upgrade, volumes
 
 T = TypeVar("T")
 
@@ -225,6 +226,29 @@ class DockerEngine:
 
     def remove_network(self, network_id: str) -> None:
         self._call(lambda client: networks.remove_network(client, network_id))
+
+    # --- self-upgrade -------------------------------------------------------------------
+
+    def start_upgrade_helper(
+        self, own_id: str, image: str, *, deadline: float, version: str | None
+    ) -> str:
+        return self._call(
+            lambda client: upgrade.start_helper(
+                client,
+                own_id,
+                image,
+                deadline=deadline,
+                version=version,
+                socket=self.socket_path,
+                python=sys.executable,
+            )
+        )
+
+    @property
+    def socket_path(self) -> str:
+        """Where the engine's unix socket is, as this process sees it."""
+        url = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url.removeprefix("unix://") if url.startswith("unix://") else "/var/run/docker.sock"
 
 
 __all__ = ["DockerEngine"]

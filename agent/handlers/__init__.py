@@ -13,7 +13,7 @@ from types import MappingProxyType
 from shoal.protocol import VERBS, ShoalError, Verb
 
 from ..context import Handler
-from . import containers, execution, host, logs, prune, secrets, services
+from . import containers, execution, host, logs, prune, secrets, services, upgrade
 
 
 class RegistryError(ShoalError):
@@ -46,6 +46,7 @@ HANDLERS = build_registry(
         prune.HANDLERS,
         secrets.HANDLERS,
         services.HANDLERS,
+        upgrade.HANDLERS,
     )
 )
 

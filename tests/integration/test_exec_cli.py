@@ -151,3 +151,25 @@ def test_run_leaves_nothing_behind(
     hosty = shoal(nats_server, "run", BUSYBOX_IMAGE, "--network", "host", "--json", "--", "true")
     assert hosty.code == 1
     assert {e["code"] for e in hosty.json()["errors"].values()} == {"policy_denied"}
+
+
+def test_agents_upgrade_needs_the_admin_role_and_an_agent_in_a_container(
+    nats_server: NatsServer, agents: dict[str, AgentProcess], keys: Keys
+) -> None:
+    host = sorted(agents)[0]
+    upgrade = ("agents", "upgrade", "-H", host, "--version", "9.9.9", "--yes", "--json")
+    refused = shoal(nats_server, *upgrade, SHOAL_KEY=str(keys.operator.path))
+    assert refused.code == 1, refused.stderr
+    (outcome,) = refused.json()["hosts"]
+    assert outcome["outcome"] == "failed" and outcome["reason"].startswith("forbidden"), outcome
+
+    # An agent running as a process (as under systemd) cannot replace its own container.
+    process = shoal(nats_server, *upgrade)
+    assert process.code == 1, process.stderr
+    (outcome,) = process.json()["hosts"]
+    assert outcome["outcome"] == "failed", outcome
+    assert "does not run in a container" in outcome["reason"], outcome
+
+    # Without --yes and without a terminal, nothing is sent.
+    unconfirmed = shoal(nats_server, "agents", "upgrade", "-H", host, "--version", "9.9.9")
+    assert unconfirmed.code == 2 and "--yes" in unconfirmed.stderr

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -705,3 +706,133 @@ def run_dev_compose(
         project_filter = {"label": f"com.docker.compose.project={project}"}
         assert client.containers.list(all=True, filters=project_filter) == []
         assert client.volumes.list(filters=project_filter) == []
+
+
+# --------------------------------------------------------------------------- self-upgrade
+
+NEXT_VERSION = "0.1.1.dev7"
+NEXT_IMAGE = "shoal-test/shoal-agent:next"
+BROKEN_IMAGE = "shoal-test/shoal-agent:broken"
+
+
+@pytest.fixture(scope="module")
+def upgrade_images(docker: Docker, agent_image: AgentImage, image_dir: Path) -> dict[str, str]:
+    """The agent image as a new version (only its version string changed), and an image
+    whose agent cannot start."""
+    made = {}
+    for tag, body in (
+        (
+            NEXT_IMAGE,
+            "RUN sed -i 's/^__version__ = .*/__version__ = \"" + NEXT_VERSION + "\"/' "
+            "/opt/shoal/lib/python3*/site-packages/shoal/agent/__init__.py"
+            " && shoal-agent --version | grep -F " + NEXT_VERSION,
+        ),
+        (BROKEN_IMAGE, 'ENTRYPOINT ["/bin/sh", "-c", "echo this agent cannot start >&2; exit 3"]'),
+    ):
+        folder = image_dir / tag.rsplit(":", 1)[1]
+        folder.mkdir()
+        (folder / "Dockerfile").write_text(f"FROM {agent_image.tag}\n{body}\n")
+        docker.run("build", "--tag", tag, "--label", IMAGE_LABEL, str(folder), timeout=300)
+        made[tag] = tag
+    return made
+
+
+class Answers:
+    """Pings a host twice a second in a thread: when it answered (unsigned, so with an
+    ``unauthorized`` error, but an answer of the agent all the same)."""
+
+    def __init__(self, url: str, host_id: str) -> None:
+        self.url, self.host_id = url, host_id
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reply = asyncio.run(ping_host(self.url, self.host_id, timeout=0.5))
+            if reply is not None and reply.get("host") == self.host_id:
+                self.times.append(time.monotonic())
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Answers:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ended = time.monotonic()
+        self._stop.set()
+        self._thread.join(10)
+
+    def longest_gap(self) -> float:
+        stamps = [self.started, *self.times, self.ended]
+        return max(b - a for a, b in itertools.pairwise(stamps))
+
+
+def agent_version(nats_server: NatsServer, host_id: str) -> str:
+    result = run_shoal("agents", "--json", "-H", host_id, server=nats_server.url)
+    assert result.code == 0, result.stderr
+    (record,) = result.json()["agents"]
+    return str(record["facts"]["agent_version"])
+
+
+def upgrade_agent(nats_server: NatsServer, host: str, image: str, *args: str) -> CliResult:
+    return run_shoal(
+        "agents", "upgrade", "-H", host, "--image", image, "--yes", "--json",
+        "--deadline", "60", *args,
+        server=nats_server.url, timeout=300,
+    )  # fmt: skip
+
+
+def test_an_agent_container_upgrades_itself_and_an_agent_that_cannot_start_is_rolled_back(
+    docker: Docker,
+    nats_server: NatsServer,
+    agent_container: AgentContainer,
+    upgrade_images: dict[str, str],
+) -> None:
+    host, name = agent_container.host_id, agent_container.name
+    before = docker.inspect("container", name)
+    with Answers(nats_server.url, host) as answers:
+        result = upgrade_agent(nats_server, host, NEXT_IMAGE, "--version", NEXT_VERSION)
+    assert result.code == 0, result.stdout + result.stderr
+    (outcome,) = result.json()["hosts"]
+    assert outcome["outcome"] == "upgraded", outcome
+    assert outcome["old_version"] == project_version() and outcome["version"] == NEXT_VERSION
+    assert outcome["old_image"] == AGENT_IMAGE and outcome["image"] == NEXT_IMAGE
+    assert f"{host} | upgraded to {NEXT_VERSION}" in result.stderr
+    # The host answered throughout, but for the swap, and with the new version after it.
+    assert answers.times and answers.longest_gap() < 45, answers.longest_gap()
+    assert agent_version(nats_server, host) == NEXT_VERSION
+
+    # The container of the same name runs the new image, with the same settings and state.
+    after = docker.inspect("container", name)
+    assert after["Id"] != before["Id"] and after["Config"]["Image"] == NEXT_IMAGE
+    assert after["HostConfig"]["NetworkMode"] == "host"
+    assert after["HostConfig"]["Binds"] == before["HostConfig"]["Binds"]
+    assert after["Config"]["Labels"][TEST_LABEL] == before["Config"]["Labels"][TEST_LABEL]
+    env = set(after["Config"]["Env"])
+    assert f"SHOAL_HOST_ID={host}" in env and f"NATS_URL={nats_server.url}" in env
+    mounts = {m["Destination"]: m for m in after["Mounts"]}
+    assert mounts["/var/lib/shoal"]["Name"] == agent_container.volume
+    assert docker.run("inspect", before["Id"], check=False).returncode != 0, "the old one is gone"
+    assert docker.run("inspect", f"{name}-shoal-next", check=False).returncode != 0
+    helper = docker.inspect("container", outcome["helper"])
+    assert helper["State"]["ExitCode"] == 0 and helper["HostConfig"]["NetworkMode"] == "none"
+
+    # An image whose agent cannot start: the old agent comes back, and says why.
+    upgraded = after
+    with Answers(nats_server.url, host) as answers:
+        broken = upgrade_agent(nats_server, host, BROKEN_IMAGE)
+    assert broken.code == 1, broken.stdout + broken.stderr
+    (outcome,) = broken.json()["hosts"]
+    assert outcome["outcome"] == "rolled_back", outcome
+    assert outcome["version"] == NEXT_VERSION, outcome
+    assert "rolled back" in outcome["reason"] or "exited" in outcome["reason"], outcome
+    assert answers.times and answers.longest_gap() < 90, answers.longest_gap()
+    assert agent_version(nats_server, host) == NEXT_VERSION
+    restored = docker.inspect("container", name)
+    assert restored["Id"] == upgraded["Id"] and restored["State"]["Running"]
+    assert docker.run("inspect", f"{name}-shoal-next", check=False).returncode != 0
+    helper = docker.inspect("container", outcome["helper"])
+    assert helper["State"]["ExitCode"] == 1
+    assert "this agent cannot start" in docker.run("logs", outcome["helper"]).stdout

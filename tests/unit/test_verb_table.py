@@ -27,6 +27,7 @@ NO_CLI_COMMAND = {
     Verb.CANCEL: "sent by `shoal logs --follow` when it stops following",
     Verb.REMOVE: "sent by a multi-host rollout undoing the services it created",
     Verb.SECRETS: "listed by `shoal secret ls` (the `secret` command group)",
+    Verb.UPGRADE: "sent by `shoal agents upgrade` (the `agents` command group)",
 }
 """Verbs without a CLI command of their own, and why."""
 
