@@ -471,4 +471,17 @@ def serve(
                         await dashboard
             err.say("shoal serve: stopped")
 
+    use_fast_loop()
     run(work())
+
+
+def use_fast_loop() -> None:
+    """uvloop for a long-running process, when installed (the ``uvloop`` extra), unless
+    ``SHOAL_EVENT_LOOP=asyncio``: it reads every heartbeat of the fleet."""
+    if os.environ.get("SHOAL_EVENT_LOOP", "auto") == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
