@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import clistart, converge, engines, fanout, footprint, report, rollout
+from bench import clistart, converge, dashboard, engines, fanout, footprint, report, rollout
 from bench.common import (
     Table,
     load_average,
@@ -24,7 +24,7 @@ from bench.common import (
 )
 from bench.realstack import RealStack
 
-BENCHMARKS = ("fanout", "engines", "footprint", "cli", "rollout", "converge")
+BENCHMARKS = ("fanout", "engines", "footprint", "cli", "rollout", "converge", "dashboard")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -58,7 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=_ints, default=None, help="fan-out fleet sizes")
     parser.add_argument("--workers", type=int, default=None, help="fan-out worker processes")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="runs per measurement (converge: rounds)"
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs per measurement (converge: rounds; dashboard: changes of each kind)",
     )
     parser.add_argument(
         "--engines", type=_ints, default=None, help="real engine counts (default 1,3,10)"
@@ -67,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-seconds",
         type=float,
         default=None,
-        help="idle window of the agent (footprint) and of the reconciler (converge); default 60",
+        help="idle window of the agent (footprint), of the reconciler (converge) and of "
+        "the dashboard's CPU windows (dashboard); default 60",
     )
     parser.add_argument(
         "--unsigned",
@@ -146,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         rounds=repeats or (2 if quick else 5),
         payload_mib=4 if quick else 8,
     )
+    dash = dashboard.DashboardConfig(
+        hosts=1000,
+        window=args.idle_seconds or (5.0 if quick else 60.0),
+        settle=2.0 if quick else 10.0,
+        repeats=repeats or (2 if quick else 7),
+    )
 
     problem = preflight()
     if problem is not None:
@@ -160,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in selected:
             sections["fanout"] = asyncio.run(fanout.run(fan))
             dates["fanout"] = now_utc()
-        real = [b for b in ("engines", "footprint", "cli", "rollout", "converge") if b in selected]
+        real = [
+            b
+            for b in ("engines", "footprint", "cli", "rollout", "converge", "dashboard")
+            if b in selected
+        ]
         if real:
             reason = RealStack.unavailable()
-            if reason is not None:
-                log(f"skipping {', '.join(real)}: {reason}")
-            else:
+            if reason is not None:  # the dashboard needs nats-server only
+                engines_needed = [b for b in real if b != "dashboard"]
+                if engines_needed:
+                    log(f"skipping {', '.join(engines_needed)}: {reason}")
+                real = [b for b in real if b == "dashboard"]
+            if real:
                 stack = RealStack()
                 try:
                     if "engines" in real:
@@ -183,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                     if "converge" in real:
                         sections["converge"] = asyncio.run(converge.run(stack, conv))
                         dates["converge"] = now_utc()
+                    if "dashboard" in real:
+                        sections["dashboard"] = asyncio.run(dashboard.run(stack, dash))
+                        dates["dashboard"] = now_utc()
                 finally:
                     log("stopping agents, engines and nats-server")
                     stack.cleanup()

@@ -811,7 +811,7 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
         "baseline and Shoal once (which goes first alternates) and alternates image v1/v2. "
         "After each, the containers and the image are removed from the engine, so every run "
         "pulls from the local registry. Each Shoal run has a subject prefix and a host id of "
-        "its own (new registry, buckets and agent state; see the consumer limit below).",
+        "its own (new registry, buckets and agent state).",
         f"The image and health check of benchmark 5 (busybox plus {config.payload_mib} MiB "
         "of random bytes, `HEALTHCHECK --interval=1s`, `sleep 3600`, network `none`). The "
         "declaration selects the host by id; the default rollout policy (as `shoal apply` "
@@ -824,8 +824,9 @@ def rejoin_table(results: RejoinResults, config: ConvergeConfig) -> Table:
         "that shows it converged.",
         "Phases from wall-clock stamps: the records' `since` (written by `shoal serve`), "
         "the heartbeats as this process received them. `Fleet.status()` says converged "
-        "only once a heartbeat shows the service running with the declared spec hash; "
-        "the agent sends one every 5 s, and none right after a deploy.",
+        "once a heartbeat shows the service running with the declared spec hash (or a "
+        "`converged` record newer than the last heartbeat); the agent sends one every 5 s "
+        "and one right after a deploy.",
         f"Rollouts `shoal serve` started per round, where one is needed (`{DEPLOYING_LINE}` "
         f"lines in its log, counted until {SIM_INTERVAL + 1:g} s after t1): "
         f"{', '.join(map(str, deploys))}; "

@@ -1,14 +1,22 @@
-"""Heartbeats of a simulated fleet, and the floor cost of reading them (benchmark 6).
+"""Heartbeats of a simulated fleet, and the floor cost of reading them (benchmarks 6, 7).
 
-Run by the converge benchmark as a process of its own, in one of two modes:
+Run by the converge and dashboard benchmarks as a process of its own, in one of two
+modes:
 
 * ``python -m bench.heartbeatsim publish --url URL --prefix P --hosts 1000 ...``
   publishes a valid :class:`protocol.AgentFacts` heartbeat for each of ``--hosts``
   simulated hosts (``sim-00000`` …) on ``Subjects(P).heartbeat(host)``, each host once
   per ``--interval`` seconds, the hosts spread evenly over the interval (as a fleet
   whose agents started at random times). Every host reports one service
-  (``--service``) running and healthy with ``--spec-hash``: converged. It answers
-  nothing: no agent runs here, only its heartbeats.
+  (``--service``) running and healthy with ``--spec-hash``: converged; with
+  ``--containers N`` each also reports N containers. It answers nothing: no agent
+  runs here, only its heartbeats. With ``--control SUBJECT`` it takes requests there
+  that change one host (the dashboard benchmark's state changes):
+  ``{"host": H, "containers": N}``; ``{"host": H, "status": "leaving"}``, the
+  heartbeat of an agent that stops, after which the host is silent;
+  ``{"host": H, "status": "online"}``, back. The host's new heartbeat goes out at
+  once; the reply is ``{"published": T}``, the wall clock (``time.time()``) just
+  before it.
 * ``python -m bench.heartbeatsim listen --url URL --prefix P`` subscribes to the
   fleet's heartbeats with nats-py and validates each with
   ``AgentFacts.model_validate_json``, nothing else: the least any process that
@@ -30,7 +38,7 @@ import signal
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import nats
 from nats.aio.msg import Msg
@@ -65,11 +73,15 @@ def heartbeat_template(
     spec_hash: str,
     revision: int,
     started_at: dt.datetime,
+    instance: str | None = None,
+    containers: int | None = None,
+    status: Literal["online", "leaving"] = "online",
 ) -> tuple[bytes, bytes]:
     """The host's heartbeat as JSON, split around ``sent_at`` (filled in at each send)."""
     facts = AgentFacts(
         host_id=host_id,
-        instance=uuid.uuid4().hex,
+        instance=instance or uuid.uuid4().hex,
+        status=status,
         labels=labels,
         arch="amd64",
         os="linux",
@@ -81,6 +93,7 @@ def heartbeat_template(
         started_at=started_at,
         sent_at=SENTINEL,
         heartbeat_interval=interval,
+        containers=containers,
         services=[
             ServiceBeat(
                 name=service,
@@ -104,32 +117,87 @@ def stamp(template: tuple[bytes, bytes]) -> bytes:
     return template[0] + now.encode() + template[1]
 
 
-async def publish(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
-    subjects = Subjects(args.prefix)
-    labels = dict(part.split("=", 1) for part in args.label)
-    started_at = dt.datetime.now(dt.UTC)
-    hosts = host_ids(args.hosts)
-    templates = [
-        (
-            subjects.heartbeat(host),
-            heartbeat_template(
-                host,
-                labels=labels,
-                interval=args.interval,
-                service=args.service,
-                spec_hash=args.spec_hash,
-                revision=args.revision,
-                started_at=started_at,
-            ),
+class Hosts:
+    """The simulated hosts' heartbeat templates, and the changes the control asks for."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.subjects = Subjects(args.prefix)
+        self.labels = dict(part.split("=", 1) for part in args.label)
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.ids = host_ids(args.hosts)
+        self.instances = {host: uuid.uuid4().hex for host in self.ids}
+        self.containers: dict[str, int | None] = dict.fromkeys(self.ids, args.containers)
+        self.gone: set[str] = set()
+        """Hosts that sent their ``leaving`` heartbeat: silent until they come back."""
+        self.templates = [(self.subjects.heartbeat(h), self.template(h)) for h in self.ids]
+        self.index = {host: i for i, host in enumerate(self.ids)}
+
+    def template(
+        self, host: str, status: Literal["online", "leaving"] = "online"
+    ) -> tuple[bytes, bytes]:
+        return heartbeat_template(
+            host,
+            labels=self.labels,
+            interval=self.args.interval,
+            service=self.args.service,
+            spec_hash=self.args.spec_hash,
+            revision=self.args.revision,
+            started_at=self.started_at,
+            instance=self.instances[host],
+            containers=self.containers[host],
+            status=status,
         )
-        for host in hosts
-    ]
+
+    def change(self, request: dict[str, Any]) -> tuple[str, tuple[bytes, bytes]]:
+        """Apply a control request; the host's subject and its heartbeat to send now."""
+        host = str(request["host"])
+        if host not in self.index:
+            raise ValueError(f"no simulated host {host!r}")
+        if "containers" in request:
+            self.containers[host] = int(request["containers"])
+        status = request.get("status", "online")
+        if status == "leaving":
+            template = self.template(host, "leaving")
+        elif status == "online":
+            template = self.template(host, "online")
+        else:
+            raise ValueError(f"status {status!r}: online or leaving")
+        if status == "leaving":
+            self.gone.add(host)
+        else:
+            self.gone.discard(host)
+            self.templates[self.index[host]] = (self.templates[self.index[host]][0], template)
+        return self.subjects.heartbeat(host), template
+
+
+async def publish(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
+    hosts = Hosts(args)
+    templates = hosts.templates
     check = AgentFacts.model_validate_json(stamp(templates[0][1]))  # the wire format holds
     assert check.services[0].spec_hash == args.spec_hash
     nc = await nats.connect(args.url, name="shoal-bench-heartbeats", max_reconnect_attempts=-1)
-    emit("ready", hosts=len(hosts))
-    sent = 0
-    step = args.interval / len(hosts)
+    changes = 0
+
+    async def on_control(msg: Msg) -> None:
+        nonlocal changes
+        try:
+            subject, template = hosts.change(json.loads(msg.data))
+        except (ValueError, KeyError, TypeError) as exc:
+            await msg.respond(json.dumps({"error": str(exc)}).encode())
+            return
+        published = time.time()
+        await nc.publish(subject, stamp(template))
+        await nc.flush()
+        changes += 1
+        await msg.respond(json.dumps({"published": published}).encode())
+
+    if args.control:
+        await nc.subscribe(args.control, cb=on_control)
+        await nc.flush()
+    emit("ready", hosts=len(templates))
+    sent = skipped = 0
+    step = args.interval / len(templates)
     t0 = time.monotonic()
     cycled = False
     try:
@@ -138,9 +206,12 @@ async def publish(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, An
             due = int((now - t0) / step) + 1  # the beats due by now, counted from t0
             while sent < due:
                 subject, template = templates[sent % len(templates)]
-                await nc.publish(subject, stamp(template))
+                if hosts.gone and hosts.ids[sent % len(templates)] in hosts.gone:
+                    skipped += 1  # a host that left sends nothing
+                else:
+                    await nc.publish(subject, stamp(template))
                 sent += 1
-            if not cycled and sent >= len(hosts):
+            if not cycled and sent >= len(templates):
                 await nc.flush()
                 cycled = True
                 emit("cycled", seconds=time.monotonic() - t0)
@@ -152,7 +223,11 @@ async def publish(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, An
                 await asyncio.wait_for(stop.wait(), wait)
     finally:
         await nc.drain()
-    return {"messages": sent, "seconds": time.monotonic() - t0}
+    return {
+        "messages": sent - skipped + changes,
+        "changes": changes,
+        "seconds": time.monotonic() - t0,
+    }
 
 
 async def listen(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
@@ -206,6 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--service", default="simapp")
     parser.add_argument("--spec-hash", default="")
     parser.add_argument("--revision", type=int, default=1)
+    parser.add_argument("--containers", type=int, default=None, help="containers each host reports")
+    parser.add_argument(
+        "--control", default=None, metavar="SUBJECT", help="take state changes here"
+    )
     args = parser.parse_args(argv)
     if args.hosts < 1:
         parser.error("--hosts must be at least 1")

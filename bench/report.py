@@ -21,6 +21,7 @@ SECTION_ORDER = (
     "cli",
     "rollout",
     "converge",
+    "dashboard",
 )
 
 TEMPLATE = """\
@@ -31,7 +32,8 @@ Run the suite from the repository root, with the venv that has Shoal installed:
 ```
 python -m bench                     # the whole suite, about 15 minutes on 2 cores; writes this file
 python -m bench --quick             # a smoke run: small fleets, few repeats; prints only
-python -m bench --only fanout,cli   # a subset: fanout, engines, footprint, cli, rollout, converge
+python -m bench --only fanout,cli   # a subset: fanout, engines, footprint, cli, rollout,
+                                    # converge, dashboard
 ```
 
 It needs root and dockerd for the real engines, and `nats-server` in the venv

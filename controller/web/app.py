@@ -20,10 +20,12 @@ import contextlib
 import hmac
 import json
 import logging
+import operator
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -39,13 +41,15 @@ from shoal.protocol import (
     PsArgs,
     Selector,
     ShoalError,
+    utcnow,
     validate_host_id,
 )
 
 from ..desired import Convergence, statuses
 from ..errors import FleetError
 from ..fleet import Fleet
-from ..live import FleetView, HostRow
+from ..live import FleetView, HostRow, _sort_key, row_of
+from ..registry import AgentRecord
 
 log = logging.getLogger("shoal.web")
 
@@ -64,39 +68,54 @@ class Dashboard:
     actions: bool = False
     history: dict[str, deque[tuple[float, float, int]]] = field(default_factory=dict)
     convergence: list[Convergence] = field(default_factory=list)
-    _rows: dict[str, tuple[tuple[int, str, int], dict[str, Any]]] = field(default_factory=dict)
-    """Each host's row as JSON, kept until its record, state or history changes."""
+    _rows: dict[str, _Row] = field(default_factory=dict)
+    """Each host's row and its JSON, kept until its record changes or its state would
+    change with time alone."""
 
-    def sample(self) -> None:
-        """Keep each host's latest usage sample for its sparkline."""
-        for record in self.view.hosts.values():
-            usage, at = record.facts.usage, record.facts.usage_at
-            if usage is None or at is None:
-                continue
-            points = self.history.setdefault(record.host_id, deque(maxlen=HISTORY))
-            stamp = at.timestamp()
-            if not points or points[-1][0] != stamp:
-                points.append((stamp, usage.cpu_percent, usage.memory_usage))
+    def sample(self, record: AgentRecord) -> None:
+        """Keep the host's latest usage sample for its sparkline."""
+        usage, at = record.facts.usage, record.facts.usage_at
+        if usage is None or at is None:
+            return
+        points = self.history.setdefault(record.host_id, deque(maxlen=HISTORY))
+        stamp = at.timestamp()
+        if not points or points[-1][0] != stamp:
+            points.append((stamp, usage.cpu_percent, usage.memory_usage))
 
-    def _row(self, row: HostRow) -> dict[str, Any]:
-        record = self.view.hosts.get(row.host)
-        history = self.history.get(row.host)
-        key = (id(record), row.state, len(history) if history is not None else 0)
-        cached = self._rows.get(row.host)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        document = _row_json(row, history)
-        self._rows[row.host] = (key, document)
-        return document
+    def _row(self, record: AgentRecord, now: datetime, offline_after: float | None) -> _Row:
+        self.sample(record)  # a sample comes only with a new record
+        row = row_of(record, now, offline_after)
+        text = _encode(_row_json(row, self.history.get(record.host_id)))
+        until = _state_until(record, row.state, offline_after)
+        return _Row(record, _by_state(row), row.state, until, text)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Hosts, counts, declared services and events, as the page shows them."""
-        self.sample()
-        rows = self.view.rows(sort="state")
-        counts = self.view.counts(rows)
-        return {
-            "hosts": [self._row(r) for r in rows],
-            "counts": dict(counts),
+    def snapshot_json(self) -> str:
+        """Hosts, counts, declared services and events, as the page shows them (JSON).
+
+        With a thousand hosts this runs twice a second per page, so each host's row is
+        built and encoded again only when its record changed (or its state changes with
+        time), not in every snapshot.
+        """
+        now = utcnow()
+        stamp = now.timestamp()
+        offline_after = self.view.fleet.offline_after
+        cache = self._rows
+        rows = []
+        for host, record in self.view.hosts.items():
+            cached = cache.get(host)
+            if (
+                cached is None
+                or cached.record is not record
+                or (cached.until is not None and stamp > cached.until)
+            ):
+                cached = cache[host] = self._row(record, now, offline_after)
+            rows.append(cached)
+        if len(cache) > len(rows):
+            for gone in cache.keys() - self.view.hosts.keys():
+                del cache[gone]
+        rows.sort(key=_ORDER)
+        rest = {
+            "counts": dict(Counter(map(_STATE, rows))),
             "services": [_convergence_json(c) for c in self.convergence],
             "events": [
                 {"at": e.at.isoformat(), "host": e.host_id, "kind": e.kind, "message": e.message}
@@ -104,6 +123,46 @@ class Dashboard:
             ],
             "actions": self.actions,
         }
+        tail = _encode(rest)  # '{"counts": ...}'
+        return '{"hosts": [' + ", ".join(r.text for r in rows) + "], " + tail[1:]
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`snapshot_json`, decoded."""
+        document: dict[str, Any] = json.loads(self.snapshot_json())
+        return document
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One host's row as of its record, as JSON, with what sorts and counts it."""
+
+    record: AgentRecord
+    order: tuple[object, ...]
+    state: str
+    until: float | None
+    """When (POSIX time) time alone would change the row's state (None: it cannot)."""
+    text: str
+
+
+_by_state = _sort_key("state")
+_ORDER = operator.attrgetter("order")
+_STATE = operator.attrgetter("state")
+_encode = json.JSONEncoder(default=str).encode
+"""``json.dumps(..., default=str)``, without making an encoder at each call."""
+
+
+def _state_until(record: AgentRecord, state: str, offline_after: float | None) -> float | None:
+    """When (POSIX time) a row in ``state`` would turn offline with no new heartbeat.
+
+    Of the states :func:`~shoal.controller.live.host_state` gives, only "offline or
+    not" depends on the time: :func:`~shoal.controller.registry.is_online` is true
+    while ``utcnow() - last_seen`` is at most the limit below, and false from then
+    on. An offline row stays offline until a new record replaces it (None).
+    """
+    if state == "offline":
+        return None
+    limit = offline_after if offline_after is not None else 3 * record.facts.heartbeat_interval
+    return (record.last_seen + timedelta(seconds=limit)).timestamp()
 
 
 def _row_json(row: HostRow, history: deque[tuple[float, float, int]] | None) -> dict[str, Any]:
@@ -163,14 +222,14 @@ def build_app(dashboard: Dashboard) -> Starlette:
     async def index(request: Request) -> HTMLResponse:
         return HTMLResponse(_page())
 
-    async def api_fleet(request: Request) -> JSONResponse:
-        return JSONResponse(dashboard.snapshot())
+    async def api_fleet(request: Request) -> Response:
+        return Response(dashboard.snapshot_json(), media_type="application/json")
 
     async def api_stream(request: Request) -> StreamingResponse:
         async def frames() -> AsyncIterator[str]:
             last = ""
             while True:
-                text = json.dumps(dashboard.snapshot(), default=str)
+                text = dashboard.snapshot_json()
                 if text != last:
                     last = text
                     yield f"data: {text}\n\n"
