@@ -35,6 +35,7 @@ from .fleet import Fleet
 from .registry import AgentRecord
 from .result import ExitCode
 from .rollout import plan_waves
+from .targeting import resolve_targets
 from .transport import Message
 
 Outcome = Literal[
@@ -119,8 +120,9 @@ async def upgrade_agents(
     """Upgrade the selected hosts' agents in waves; see the module's docstring."""
     args = UpgradeArgs(image=image, version=version, deadline=deadline, pull=pull, dry_run=dry_run)
     tell: Say = say or (lambda host, message: None)
-    targets = await fleet.resolve(selector or Selector())
-    records = {r.host_id: r for r in await fleet.agents()}
+    known = await fleet.agents()  # one registry read: the targets and their instances
+    targets = resolve_targets(known, selector or Selector())
+    records = {r.host_id: r for r in known}
     report = UpgradeReport()
     online = targets.online
     for host in targets.offline:

@@ -401,7 +401,8 @@ class JetStream:
                     )
                 )
             else:
-                await self._allow_direct(f"KV_{spec.name}")
+                if not getattr(kv, "_direct", False):  # known from the stream nats-py read
+                    await self._allow_direct(f"KV_{spec.name}")
         return Bucket(kv, action, js=self, name=spec.name)
 
     async def _allow_direct(self, stream: str) -> None:
