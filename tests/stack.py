@@ -42,6 +42,7 @@ from tests.poll import poll
 
 if TYPE_CHECKING:
     import docker
+    from docker.models.containers import Container
 
 __all__ = [
     "BUSYBOX_IMAGE",
@@ -892,6 +893,25 @@ def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -
     return str(client.images.get(tag).id)
 
 
+def list_containers(
+    client: docker.DockerClient, filters: dict[str, str] | None = None
+) -> list[Container]:
+    """Every container matching ``filters``, stopped ones too, each inspected.
+
+    docker-py's ``containers.list`` inspects each listed container in turn and raises
+    ``NotFound`` for one removed in between, which an agent deploying or a reconciler
+    converging does at any moment. This lists sparsely and leaves such a container out.
+    """
+    import docker.errors
+
+    found = []
+    for container in client.containers.list(all=True, sparse=True, filters=filters or {}):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.reload()
+            found.append(container)
+    return found
+
+
 def remove_labelled(client: docker.DockerClient, label: str) -> None:
     """Remove containers, then volumes, networks and images carrying ``label``.
 
@@ -901,7 +921,7 @@ def remove_labelled(client: docker.DockerClient, label: str) -> None:
 
     gone = (docker.errors.NotFound,)
     filters = {"label": label}
-    for container in client.containers.list(all=True, filters=filters):
+    for container in client.containers.list(all=True, sparse=True, filters=filters):
         with contextlib.suppress(*gone):
             container.remove(force=True, v=True)
     for volume in client.volumes.list(filters=filters):

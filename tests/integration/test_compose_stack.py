@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 HOSTS = ["host-a", "host-b", "host-c"]
@@ -314,6 +314,6 @@ def test_external_secrets_tasks_and_platforms(
     finally:
         for engine in engines:
             with contextlib.closing(engine.client()) as client:
-                for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+                for c in list_containers(client, {"label": TEST_LABEL}):
                     if c.labels.get(TEST_LABEL) == test_label:
                         c.remove(force=True)

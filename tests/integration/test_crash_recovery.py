@@ -22,7 +22,7 @@ from shoal.protocol import (
 )
 from tests.integration.agents import AgentProcess, run_shoal
 from tests.integration.conftest import Keys
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 
@@ -49,15 +49,13 @@ def crash_agent(
         agent.stop()
         run_shoal("agents", "forget", agent.host_id, server=nats_server.url)
         with contextlib.closing(engines[2].client()) as client:
-            for c in client.containers.list(
-                all=True, filters={"label": f"{TEST_LABEL}={test_label}"}
-            ):
+            for c in list_containers(client, {"label": f"{TEST_LABEL}={test_label}"}):
                 c.remove(force=True)
 
 
 def service_containers(engine: DockerEngine, name: str) -> list[Any]:
     with contextlib.closing(engine.client()) as client:
-        return client.containers.list(all=True, filters={"label": f"shoal.service={name}"})
+        return list_containers(client, {"label": f"shoal.service={name}"})
 
 
 async def test_killed_mid_deploy_comes_back_on_the_previous_revision(

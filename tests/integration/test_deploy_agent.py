@@ -31,7 +31,14 @@ from shoal.protocol import (
 )
 from tests.integration.conftest import Keys
 from tests.poll import apoll
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer, Registry, busybox_rootfs_tar
+from tests.stack import (
+    TEST_LABEL,
+    DockerEngine,
+    NatsServer,
+    Registry,
+    busybox_rootfs_tar,
+    list_containers,
+)
 
 pytestmark = pytest.mark.engine
 HOSTS = ["host-a", "host-b", "host-c"]
@@ -52,7 +59,7 @@ def service(test_label: str, engines: list[DockerEngine]) -> Any:
     yield name
     for engine in engines:
         with contextlib.closing(engine.client()) as client:
-            for c in client.containers.list(all=True, filters={"label": f"shoal.service={name}"}):
+            for c in list_containers(client, {"label": f"shoal.service={name}"}):
                 c.remove(force=True)
 
 
@@ -80,7 +87,7 @@ async def services(fleet: Fleet, name: str, hosts: list[str] = HOSTS) -> dict[st
 
 def containers_of(engine: DockerEngine, name: str) -> list[Any]:
     with contextlib.closing(engine.client()) as client:
-        return client.containers.list(all=True, filters={"label": f"shoal.service={name}"})
+        return list_containers(client, {"label": f"shoal.service={name}"})
 
 
 async def test_deploy_update_unchanged_and_rollback(

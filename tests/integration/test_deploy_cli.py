@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 HOSTS = ["host-a", "host-b", "host-c"]
@@ -41,7 +41,7 @@ def app(tmp_path: Path, test_label: str, engines: list[DockerEngine]) -> Iterato
     yield name, path
     for engine in engines:
         with contextlib.closing(engine.client()) as client:
-            for c in client.containers.list(all=True, filters={"label": f"shoal.service={name}"}):
+            for c in list_containers(client, {"label": f"shoal.service={name}"}):
                 c.remove(force=True)
 
 
@@ -200,9 +200,7 @@ def test_unsupported_compose_keys_are_refused_by_name(
     assert message in result.stderr
     for engine in engines:
         with contextlib.closing(engine.client()) as client:
-            assert (
-                client.containers.list(all=True, filters={"label": f"shoal.service={name}"}) == []
-            )
+            assert list_containers(client, {"label": f"shoal.service={name}"}) == []
 
 
 @pytest.mark.parametrize("image", ["-rf", "app:v1 --privileged", "UPPER/case"])

@@ -26,7 +26,14 @@ from shoal.agent import __version__ as agent_version
 from tests.integration.agents import AgentProcess, CliResult, _script, run_shoal
 from tests.integration.conftest import Keys
 from tests.poll import poll
-from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, free_port
+from tests.stack import (
+    BUSYBOX_IMAGE,
+    TEST_LABEL,
+    DockerEngine,
+    NatsServer,
+    free_port,
+    list_containers,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -574,7 +581,7 @@ def service(
     yield name, path
     for engine in engines:
         with contextlib.closing(engine.client()) as client:
-            for c in client.containers.list(all=True, filters={"label": f"shoal.service={name}"}):
+            for c in list_containers(client, {"label": f"shoal.service={name}"}):
                 c.remove(force=True)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
-from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 
@@ -35,7 +35,7 @@ def boxes(engines: list[DockerEngine], test_label: str) -> Iterator[str]:
     yield name
     for engine in engines:
         with contextlib.closing(engine.client()) as client:
-            for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+            for c in list_containers(client, {"label": TEST_LABEL}):
                 if c.labels.get(TEST_LABEL) == test_label:
                     c.remove(force=True)
 

@@ -77,7 +77,7 @@ from tests.fakes import FakeEngine, make_container
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
 from tests.poll import apoll
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 SUBJECTS = Subjects()
 REPLY_WAIT = 5.0
@@ -613,7 +613,7 @@ async def crash_agent(
 
 def service_containers(engine: DockerEngine, name: str) -> list[Any]:
     with contextlib.closing(engine.client()) as client:
-        return client.containers.list(all=True, filters={"label": f"shoal.service={name}"})
+        return list_containers(client, {"label": f"shoal.service={name}"})
 
 
 KILL_POINTS = {

@@ -20,7 +20,7 @@ import pytest
 from tests.integration.agents import AgentProcess, _script, run_shoal
 from tests.integration.conftest import Keys
 from tests.poll import poll
-from tests.stack import TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 
@@ -109,7 +109,7 @@ def fleet_of_three(
             agent.stop()
         for engine in engines:
             with contextlib.closing(engine.client()) as client:
-                for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+                for c in list_containers(client, {"label": TEST_LABEL}):
                     if c.labels.get(TEST_LABEL) == test_label:
                         c.remove(force=True)
         for host in agents:
@@ -118,7 +118,7 @@ def fleet_of_three(
 
 def service_containers(engine: DockerEngine, name: str) -> list[Any]:
     with contextlib.closing(engine.client()) as client:
-        return client.containers.list(all=True, filters={"label": f"shoal.service={name}"})
+        return list_containers(client, {"label": f"shoal.service={name}"})
 
 
 def test_declared_services_converge_by_themselves(

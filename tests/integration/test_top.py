@@ -17,7 +17,7 @@ from tests.conftest import require
 from tests.integration.agents import AgentProcess, _script
 from tests.integration.conftest import Keys
 from tests.poll import poll
-from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer
+from tests.stack import BUSYBOX_IMAGE, TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
 
@@ -165,7 +165,7 @@ def test_top_shows_hosts_live(
     finally:
         extra.stop()
         with contextlib.closing(engines[1].client()) as client:
-            for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+            for c in list_containers(client, {"label": TEST_LABEL}):
                 if c.labels.get(TEST_LABEL) == test_label:
                     c.remove(force=True)
         subprocess.run(
