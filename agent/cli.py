@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +18,10 @@ from shoal.protocol.errors import ShoalError
 
 from . import __version__
 from .config import AgentSettings
+from .errors import AgentRestart
 from .health import check_health
 from .runtime import Agent, AgentConfigError, AgentStartError, AgentStopped
+from .venvs import RESTART_EXIT, Layout, find_layout
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
 log = logging.getLogger("shoal.agent")
@@ -50,17 +53,65 @@ def install_event_loop_policy(choice: str = "auto") -> str:
     return "uvloop"
 
 
-async def run_agent(agent: Agent) -> None:
-    """Run until SIGTERM or SIGINT, then stop cleanly."""
+async def run_agent(agent: Agent, layout: Layout | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly.
+
+    With ``layout`` (an agent in versioned venvs, agent/venvs.py), an agent on trial
+    after an upgrade must have started (connected, subscribed, heartbeated) by the
+    trial's deadline, and then commits; else it points ``current`` back and raises
+    :class:`AgentRestart`.
+    """
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
     loop.add_signal_handler(signal.SIGHUP, agent.reload_trust)
     try:
-        await agent.start()
+        trial = layout.at_start() if layout is not None else None
+        if layout is not None:
+            agent.heartbeat.upgrade_failed = layout.last_failure()
+        if trial is None:
+            await agent.start()
+        else:
+            log.info("on trial as version %s until %s", trial.version, time.ctime(trial.deadline))
+            try:
+                async with asyncio.timeout(max(0.0, trial.deadline - time.time())):
+                    await agent.start()
+            except TimeoutError:
+                assert layout is not None
+                layout.fall_back(trial, "the new agent did not connect and heartbeat in time")
+                raise AgentRestart(f"upgrade to {trial.version} timed out") from None
+            assert layout is not None
+            layout.commit(trial)
+            agent.heartbeat.upgrade_failed = None
         await agent.serve_forever()
     finally:
         await agent.stop()
+
+
+def check_config(settings: AgentSettings) -> int:
+    """``--check-config``: load the trust and policy files as the agent would; 0 or 1."""
+    from .policy import PolicyError, load_policy
+    from .trust import TrustError, TrustStore
+
+    problems = []
+    if settings.trust is None and not settings.insecure:
+        typer.echo("shoal-agent: no trust file (--trust) and not --insecure", err=True)
+        return 2
+    if settings.trust is not None:
+        try:
+            TrustStore(settings.trust).load()
+        except TrustError as exc:
+            problems.append(str(exc))
+    if settings.policy is not None:
+        try:
+            load_policy(settings.policy)
+        except PolicyError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        typer.echo(f"shoal-agent: {problem}", err=True)
+    if not problems:
+        typer.echo(f"shoal-agent {__version__}: configuration ok")
+    return 1 if problems else 0
 
 
 @app.command()
@@ -219,6 +270,14 @@ def main_command(
     health_file: Annotated[
         Path | None, typer.Option("--health-file", envvar="SHOAL_HEALTH_FILE", hidden=True)
     ] = None,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-config",
+            help="Check the settings, trust file and policy file, then exit: 0 valid, 1 a"
+            " file is unreadable or invalid, 2 an invalid setting.",
+        ),
+    ] = False,
 ) -> None:
     """Run the Shoal agent: serve this host's Docker engine to the fleet over NATS."""
     if version:
@@ -269,13 +328,19 @@ def main_command(
         message = summarize_validation_error(exc) if isinstance(exc, ValidationError) else exc
         typer.echo(f"shoal-agent: invalid configuration: {message}", err=True)
         raise typer.Exit(2) from None
+    if check_only:
+        raise typer.Exit(check_config(settings))
     try:
         install_event_loop_policy(settings.event_loop)
     except EventLoopUnavailable as exc:
         typer.echo(f"shoal-agent: invalid configuration: --event-loop uvloop: {exc}", err=True)
         raise typer.Exit(2) from None
+    agent = Agent(settings, version=__version__)
     try:
-        asyncio.run(run_agent(Agent(settings, version=__version__)))
+        asyncio.run(run_agent(agent, find_layout()))
+    except AgentRestart as exc:
+        log.warning("%s: exiting %d for the service manager to restart", exc, RESTART_EXIT)
+        raise typer.Exit(RESTART_EXIT) from None
     except AgentStopped as exc:
         log.info("%s", exc)
     except AgentConfigError as exc:
@@ -284,6 +349,8 @@ def main_command(
     except AgentStartError as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
+    if agent.restart_requested:
+        raise typer.Exit(RESTART_EXIT)
 
 
 def run_check_health(health_file: Path | None, state_dir: Path | None, host_id: str | None) -> int:

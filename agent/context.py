@@ -56,6 +56,9 @@ class HostContext:
     """Publish a heartbeat now (at most once a second): a broadcast ping asks for one."""
     services_changed: Callable[[], None]
     """A deploy, rollback or removal changed the services: a heartbeat soon says so."""
+    restart: Callable[[str], None]
+    """Stop once the requests in flight are answered, and exit 75 (``RESTART_EXIT``) for
+    the service manager to start the agent again: after pointing it at a new version."""
 
 
 class RequestContext:

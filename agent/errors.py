@@ -17,4 +17,8 @@ class AgentStopped(AgentStartError):
     """The agent was asked to stop before it had started."""
 
 
-__all__ = ["AgentConfigError", "AgentStartError", "AgentStopped"]
+class AgentRestart(ShoalError):
+    """The agent exits 75 (``RESTART_EXIT``) for its service manager to start it again."""
+
+
+__all__ = ["AgentConfigError", "AgentRestart", "AgentStartError", "AgentStopped"]

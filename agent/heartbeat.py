@@ -77,6 +77,8 @@ class Heartbeat:
         """Reads the services' state (set by the agent once its service store is open)."""
         self.usage: HostStats | None = None
         self.usage_at: datetime | None = None
+        self.upgrade_failed: str | None = None
+        """Why the last upgrade of this agent was put back (agent/venvs.py)."""
         self.containers: int | None = None
         self._sampling: asyncio.Task[None] | None = None
         self._sampled = 0.0
@@ -143,6 +145,7 @@ class Heartbeat:
             containers=self.containers,
             usage=self.usage,
             usage_at=self.usage_at,
+            upgrade_failed=self.upgrade_failed,
         )
 
     async def current_facts(self) -> AgentFacts:

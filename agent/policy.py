@@ -235,11 +235,18 @@ class UpgradePolicy(_Section):
     allow: StrictBool = True
     images: tuple[StrictStr, ...] = ()
     """Globs the new agent image must match; empty: any image."""
+    versions: tuple[StrictStr, ...] = ()
+    """Globs the new version must match (an agent under systemd); empty: any version."""
 
     @field_validator("images")
     @classmethod
     def _images(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _check_patterns(value, "upgrade image patterns")
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_patterns(value, "upgrade version patterns")
 
 
 class Policy(BaseModel):
@@ -349,37 +356,41 @@ def _image_denial(policy: Policy, image: str) -> Denial | None:
     )
 
 
+def _unlisted(rule: str, value: str, patterns: tuple[str, ...], what: str) -> Denial | None:
+    """A denial unless ``patterns`` is empty or ``value`` matches one of them (a value with
+    control characters matches none: ``*`` would match a newline)."""
+    if not patterns or (
+        not _has_control(value) and any(fnmatch.fnmatchcase(value, p) for p in patterns)
+    ):
+        return None
+    return Denial(rule, value[:200], f"policy denies {what} {value[:200]!r} (not in {rule})")
+
+
 def check_command(policy: Policy, command: tuple[str, ...], *, run: bool = False) -> None:
     """Raise :class:`PolicyDenied` unless ``exec`` (or ``run``) of ``command`` is allowed."""
     rule = "exec.run" if run else "exec.allow"
     allowed = policy.exec.run if run else policy.exec.allow
-    denial = _flag(rule, allowed, True, "shoal run" if run else "shoal exec")
-    line = " ".join(command)
-    patterns = policy.exec.commands
-    if denial is None and patterns and not any(fnmatch.fnmatchcase(line, p) for p in patterns):
-        denial = Denial(
-            "exec.commands",
-            line[:200],
-            f"policy denies the command {line[:200]!r} (not in exec.commands)",
-        )
+    denial = _flag(rule, allowed, True, "shoal run" if run else "shoal exec") or _unlisted(
+        "exec.commands", " ".join(command), policy.exec.commands, "the command"
+    )
     if denial is not None:
         raise _denied([denial], None)
 
 
 def check_upgrade(policy: Policy, image: str) -> None:
     """Raise :class:`PolicyDenied` unless this agent may be replaced by ``image``."""
-    denial = _flag("upgrade.allow", policy.upgrade.allow, True, "shoal agents upgrade")
-    patterns = policy.upgrade.images
-    if (
-        denial is None
-        and patterns
-        and (_has_control(image) or not any(fnmatch.fnmatchcase(image, p) for p in patterns))
-    ):
-        denial = Denial(
-            "upgrade.images",
-            image[:200],
-            f"policy denies the agent image {image[:200]!r} (not in upgrade.images)",
-        )
+    denial = _flag("upgrade.allow", policy.upgrade.allow, True, "shoal agents upgrade") or (
+        _unlisted("upgrade.images", image, policy.upgrade.images, "the agent image")
+    )
+    if denial is not None:
+        raise _denied([denial], None)
+
+
+def check_upgrade_version(policy: Policy, version: str) -> None:
+    """Raise :class:`PolicyDenied` unless this agent may install ``version`` beside itself."""
+    denial = _flag("upgrade.allow", policy.upgrade.allow, True, "shoal agents upgrade") or (
+        _unlisted("upgrade.versions", version, policy.upgrade.versions, "the agent version")
+    )
     if denial is not None:
         raise _denied([denial], None)
 

@@ -101,6 +101,8 @@ class Agent:
         self._accepting = False
         self._closed = False
         self._stop_requested = asyncio.Event()
+        self.restart_requested = False
+        """Set by :meth:`request_restart`: the process should exit ``RESTART_EXIT``."""
         self.ready = asyncio.Event()
         self.trust: TrustStore | None = (
             TrustStore(settings.trust) if settings.trust is not None else None
@@ -213,6 +215,7 @@ class Agent:
             files=self.files,
             announce=self._announce,
             services_changed=self._services_changed,
+            restart=self.request_restart,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -334,6 +337,13 @@ class Agent:
 
     def request_stop(self) -> None:
         """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def request_restart(self, why: str) -> None:
+        """Stop as :meth:`request_stop` does, for the process to exit ``RESTART_EXIT``
+        (75) afterwards, which the agent's service manager restarts at once."""
+        log.info("restarting: %s", why)
+        self.restart_requested = True
         self._stop_requested.set()
 
     @property

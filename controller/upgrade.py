@@ -54,6 +54,8 @@ class HostUpgrade:
     host: str
     outcome: Outcome
     reason: str = ""
+    mode: str = ""
+    """container (a helper swapped containers) or process (a restart into a new venv)."""
     old_version: str = ""
     version: str = ""
     old_image: str = ""
@@ -66,6 +68,7 @@ class HostUpgrade:
             "host": self.host,
             "outcome": self.outcome,
             "reason": self.reason,
+            "mode": self.mode,
             "old_version": self.old_version,
             "version": self.version,
             "old_image": self.old_image,
@@ -170,8 +173,12 @@ async def _revert(
 ) -> None:
     """Put the hosts upgraded so far back on the image they ran before."""
     for done in upgraded:
-        tell(done.host, f"reverting to {done.old_image}")
-        back = UpgradeArgs(image=done.old_image, deadline=args.deadline, pull="missing")
+        if done.mode == "process":
+            tell(done.host, f"reverting to {done.old_version}")
+            back = UpgradeArgs(version=done.old_version, deadline=args.deadline)
+        else:
+            tell(done.host, f"reverting to {done.old_image}")
+            back = UpgradeArgs(image=done.old_image, deadline=args.deadline, pull="missing")
         record = await _record(fleet, done.host)
         result = await _one(fleet, done.host, back, record, tell)
         if result.outcome == "upgraded":
@@ -179,6 +186,7 @@ async def _revert(
                 done.host,
                 "reverted",
                 "put back after a later wave failed",
+                done.mode,
                 done.old_version,
                 result.version,
                 done.image,
@@ -226,11 +234,20 @@ async def _one(
         outcome = HostUpgrade(
             host,
             "dry_run" if answer.dry_run else "failed",
+            mode=answer.mode,
             old_version=answer.old_version,
             old_image=answer.old_image,
             image=answer.new_image,
             helper=answer.helper,
         )
+        if answer.mode == "process":
+            if answer.dry_run:
+                tell(host, f"would install {args.version} in {answer.venv} and restart into it")
+                return outcome
+            tell(host, f"installed {args.version} in {answer.venv}; restarting into it")
+            await _follow_restart(outcome, args, before, beats, tell)
+            outcome.seconds = time.monotonic() - started
+            return outcome
         if answer.dry_run:
             tell(host, f"would replace {answer.old_image} with {answer.new_image}")
             return outcome
@@ -286,6 +303,43 @@ async def _follow(
         outcome.outcome = "rolled_back" if code == 1 else "failed"
         outcome.reason = await _helper_reason(fleet, host, outcome.helper, code)
         tell(host, f"{outcome.outcome.replace('_', ' ')}: {outcome.reason}")
+
+
+async def _follow_restart(
+    outcome: HostUpgrade,
+    args: UpgradeArgs,
+    before: str,
+    beats: asyncio.Queue[AgentFacts],
+    tell: Say,
+) -> None:
+    """Wait for a heartbeat of the agent that runs after the restart: the new version
+    (upgraded), or the old one again, which says why (rolled back)."""
+    host = outcome.host
+    try:
+        async with asyncio.timeout(args.deadline + FOLLOW_EXTRA):
+            while True:
+                beat = await beats.get()
+                if beat.status != "online" or beat.instance == before:
+                    continue
+                if beat.agent_version == args.version:
+                    outcome.outcome, outcome.version = "upgraded", beat.agent_version
+                    tell(host, f"upgraded to {outcome.version}")
+                    return
+                if beat.agent_version == outcome.old_version and beat.upgrade_failed:
+                    outcome.outcome, outcome.version = "rolled_back", beat.agent_version
+                    outcome.reason = beat.upgrade_failed
+                    tell(host, f"rolled back: {outcome.reason}")
+                    return
+                # A restart of the old version without a word (on trial no more: it was
+                # pointed back by hand, or never left), or a version nobody asked for.
+                outcome.version = beat.agent_version
+                outcome.reason = f"the agent came back on {beat.agent_version}, not {args.version}"
+                return
+    except TimeoutError:
+        outcome.outcome = "missing"
+        outcome.reason = (
+            f"no heartbeat from the restarted agent within {args.deadline + FOLLOW_EXTRA:.0f} s"
+        )
 
 
 async def _helper_exit(fleet: Fleet, host: str, helper: str) -> int | None:

@@ -35,6 +35,7 @@ from .errors import (
     ShuttingDown,
     UnknownVerb,
     UnsupportedVersion,
+    UpgradeFailed,
 )
 from .hostid import sanitize_host_id, validate_host_id
 from .platform import normalize_arch
@@ -276,6 +277,7 @@ __all__ = [
     "UnknownVerb",
     "UnsupportedVersion",
     "UpgradeArgs",
+    "UpgradeFailed",
     "UpgradeResult",
     "Verb",
     "VerbSpec",

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     SHUTTING_DOWN = "shutting_down"
     DEPLOY_FAILED = "deploy_failed"
+    UPGRADE_FAILED = "upgrade_failed"
     INVALID_REPLY = "invalid_reply"
     INTERNAL = "internal"
 
@@ -116,6 +117,12 @@ class DeployFailed(ShoalError):
     """A deploy or rollback failed on the host (the previous revision was restored)."""
 
     code = ErrorCode.DEPLOY_FAILED
+
+
+class UpgradeFailed(ShoalError):
+    """The agent's new version could not be installed or failed its checks; nothing changed."""
+
+    code = ErrorCode.UPGRADE_FAILED
 
 
 class Busy(ShoalError):

@@ -143,6 +143,11 @@ class AgentFacts(_Result):
         default=None, description="CPU and memory of the host's running containers (sampled)."
     )
     usage_at: AwareDatetime | None = Field(default=None, description="When usage was sampled.")
+    upgrade_failed: str | None = Field(
+        default=None,
+        max_length=600,
+        description="Why this agent's last upgrade was rolled back (until the next one).",
+    )
 
     def selectable(self) -> dict[str, str]:
         """Labels plus the facts selectable like labels."""
@@ -866,13 +871,19 @@ class UpgradeArgs(_Args):
 
 
 class UpgradeResult(_Result):
-    """An upgrade under way on one host: the helper that carries it out."""
+    """An upgrade under way on one host: the helper container, or the venv, that carries it."""
 
-    mode: Literal["container"] = "container"
-    container: str = Field(description="The agent's container (its name).")
-    old_image: str
-    new_image: str
+    mode: Literal["container", "process"] = Field(
+        default="container",
+        description="container: a helper swaps containers; process: the agent restarts"
+        " into a new venv under its service manager.",
+    )
+    container: str = Field(default="", description="The agent's container (its name).")
+    old_image: str = ""
+    new_image: str = ""
     old_version: str
+    venv: str = Field(default="", description="process: the venv the new version runs from.")
+    old_venv: str = Field(default="", description="process: the venv it falls back to.")
     helper: str = Field(default="", description="The helper container's id (none in a dry run).")
     dry_run: bool = False
 

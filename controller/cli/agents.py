@@ -171,8 +171,9 @@ def upgrade(
         typer.Option(
             "--version",
             metavar="V",
-            help="The agent version to run: the agent's own image with tag V, unless --image "
-            "is given (then V is the version the new agent must report).",
+            help="The agent version to run: in a container, the agent's own image with tag V "
+            "unless --image is given (then V is the version the new agent must report); "
+            "under systemd, the package shoal==V installed in a new venv.",
             show_default=False,
         ),
     ] = None,
@@ -228,9 +229,12 @@ def upgrade(
 
     An agent in a container starts a helper container that replaces it with the new
     image (same settings, mounts and networks) and restores the old one unless the new
-    agent is healthy (and reports --version) within --deadline; the host is followed
-    until its new agent heartbeats. Without --yes it asks first; without a terminal it
-    refuses unless given --yes. Exit 0: every host upgraded (or already on --version);
+    agent is healthy (and reports --version) within --deadline. An agent under systemd,
+    installed as one venv per version (docs/operations.md), installs shoal==V into a new
+    venv beside its own, checks it, and restarts into it; unless the new agent heartbeats
+    within --deadline, the old one is put back. Each host is followed until its agent
+    heartbeats again. Without --yes it asks first; without a terminal it refuses unless
+    given --yes. Exit 0: every host upgraded (or already on --version);
     1: some failed or rolled back; 4: some did not answer.
     """
     if version is None and image is None:
@@ -291,7 +295,7 @@ def upgrade(
                     h,
                     (item.outcome, OUTCOME_STYLE.get(item.outcome, "")),
                     versions,
-                    item.image,
+                    item.image or item.mode,
                     f"{item.seconds:.0f}s" if item.seconds else "",
                     item.reason,
                 ]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,38 @@ async def ping_host(url: str, host_id: str, timeout: float = 1.0) -> dict[str, A
         return None
     finally:
         await nc.close()
+
+
+class Answers:
+    """Pings a host twice a second in a thread: when it answered (unsigned, so with an
+    ``unauthorized`` error, but an answer of the agent all the same)."""
+
+    def __init__(self, url: str, host_id: str) -> None:
+        self.url, self.host_id = url, host_id
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reply = asyncio.run(ping_host(self.url, self.host_id, timeout=0.5))
+            if reply is not None and reply.get("host") == self.host_id:
+                self.times.append(time.monotonic())
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Answers:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ended = time.monotonic()
+        self._stop.set()
+        self._thread.join(10)
+
+    def longest_gap(self) -> float:
+        stamps = [self.started, *self.times, self.ended]
+        return max(b - a for a, b in itertools.pairwise(stamps))
 
 
 class AgentProcess:

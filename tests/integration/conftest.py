@@ -15,6 +15,7 @@ import pytest
 from shoal.controller import Fleet
 from shoal.protocol import NatsOptions, Role
 from tests.integration.agents import AgentProcess, SessionKey, make_key, write_trust
+from tests.integration.wheels import build_wheelhouse
 from tests.stack import BUSYBOX_IMAGE, DockerEngine, NatsServer, Registry
 
 KEEP_ENV = {
@@ -172,3 +173,10 @@ async def _forget_all_but_session_hosts(url: str) -> None:
         for record in await registry.read():
             if record.host_id not in SESSION_HOSTS:
                 await registry.forget(record.host_id)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(stack_dir: Path) -> Path:
+    """The project's wheel and all its dependencies' (tests/integration/wheels.py), built
+    once a session: for the agent image and for agents installed in venvs."""
+    return build_wheelhouse(stack_dir / "wheelhouse")

@@ -153,7 +153,7 @@ def test_run_leaves_nothing_behind(
     assert {e["code"] for e in hosty.json()["errors"].values()} == {"policy_denied"}
 
 
-def test_agents_upgrade_needs_the_admin_role_and_an_agent_in_a_container(
+def test_agents_upgrade_needs_the_admin_role_and_an_agent_that_can_replace_itself(
     nats_server: NatsServer, agents: dict[str, AgentProcess], keys: Keys
 ) -> None:
     host = sorted(agents)[0]
@@ -163,12 +163,14 @@ def test_agents_upgrade_needs_the_admin_role_and_an_agent_in_a_container(
     (outcome,) = refused.json()["hosts"]
     assert outcome["outcome"] == "failed" and outcome["reason"].startswith("forbidden"), outcome
 
-    # An agent running as a process (as under systemd) cannot replace its own container.
+    # An agent running as a process outside the versioned venvs of the systemd layout
+    # (here: the test's own venv) has nothing to upgrade itself with, and says so.
     process = shoal(nats_server, *upgrade)
     assert process.code == 1, process.stderr
     (outcome,) = process.json()["hosts"]
     assert outcome["outcome"] == "failed", outcome
-    assert "does not run in a container" in outcome["reason"], outcome
+    assert outcome["reason"].startswith("bad_request"), outcome
+    assert "not from a venv under" in outcome["reason"], outcome
 
     # Without --yes and without a terminal, nothing is sent.
     unconfirmed = shoal(nats_server, "agents", "upgrade", "-H", host, "--version", "9.9.9")

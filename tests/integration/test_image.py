@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import json
 import os
 import shutil
@@ -46,8 +45,9 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from tests.integration.agents import CliResult, ping_host, run_shoal
+from tests.integration.agents import Answers, CliResult, ping_host, run_shoal
 from tests.integration.conftest import Keys
+from tests.integration.wheels import project_version
 from tests.poll import poll
 from tests.rootfs import (
     RootfsError,
@@ -75,8 +75,6 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 PACKAGES = ["python3", "python3-venv", "tini"]
 """The base image's Debian packages (the cached rootfs is keyed by this list)."""
-CONTEXT = ["pyproject.toml", "README.md", "protocol", "agent", "controller", "shoal"]
-"""What the wheel is built from: the build context .dockerignore lets through."""
 
 BASE_IMAGE = "shoal-test/debian-python:local"
 AGENT_IMAGE = "shoal-test/shoal-agent:offline"
@@ -205,43 +203,6 @@ class Wheelhouse:
         self._thread.join(timeout=10)
 
 
-def build_wheelhouse(workdir: Path) -> Path:
-    """The project's wheel, its dependencies (uvloop included) and its build backend.
-
-    Built with this machine's pip from a copy of the build context (setuptools
-    writes build/ and *.egg-info into the source tree).
-    """
-    source = workdir / "src"
-    source.mkdir(parents=True)
-    for name in CONTEXT:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(  # shoal/'s links to the top folders stay links
-                path, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        else:
-            shutil.copy2(path, source / name)
-    wheels = workdir / "wheels"
-    argv = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check"]
-    argv += ["--wheel-dir", str(wheels), f"{source}[uvloop]", "setuptools>=68", "wheel"]
-    result = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout[-3000:]}{result.stderr}"
-    return wheels
-
-
-def project_version() -> str:
-    import tomllib
-
-    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
-
-
 # --------------------------------------------------------------------------- module fixtures
 
 
@@ -311,9 +272,9 @@ class AgentImage:
 
 
 @pytest.fixture(scope="module")
-def agent_image(docker: Docker, base_image: str, image_dir: Path) -> AgentImage:
+def agent_image(docker: Docker, base_image: str, wheelhouse: Path) -> AgentImage:
     """The agent image from the repository's Dockerfile and .dockerignore, offline."""
-    wheels = build_wheelhouse(image_dir / "wheelhouse")
+    wheels = wheelhouse
     with Wheelhouse(wheels) as house:
         result = docker.run(
             "build",
@@ -735,38 +696,6 @@ def upgrade_images(docker: Docker, agent_image: AgentImage, image_dir: Path) -> 
         docker.run("build", "--tag", tag, "--label", IMAGE_LABEL, str(folder), timeout=300)
         made[tag] = tag
     return made
-
-
-class Answers:
-    """Pings a host twice a second in a thread: when it answered (unsigned, so with an
-    ``unauthorized`` error, but an answer of the agent all the same)."""
-
-    def __init__(self, url: str, host_id: str) -> None:
-        self.url, self.host_id = url, host_id
-        self.times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            reply = asyncio.run(ping_host(self.url, self.host_id, timeout=0.5))
-            if reply is not None and reply.get("host") == self.host_id:
-                self.times.append(time.monotonic())
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> Answers:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.ended = time.monotonic()
-        self._stop.set()
-        self._thread.join(10)
-
-    def longest_gap(self) -> float:
-        stamps = [self.started, *self.times, self.ended]
-        return max(b - a for a, b in itertools.pairwise(stamps))
 
 
 def agent_version(nats_server: NatsServer, host_id: str) -> str:

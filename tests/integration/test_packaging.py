@@ -30,6 +30,7 @@ import yaml
 
 from shoal.agent.cli import app as agent_app
 from shoal.agent.config import AgentSettings
+from shoal.agent.venvs import RESTART_EXIT
 from tests.conftest import require
 from tests.integration.agents import ping_host
 from tests.integration.conftest import Keys
@@ -459,9 +460,15 @@ def test_nats_config_is_valid(name: str) -> None:
 def test_systemd_unit(workdir: Path) -> None:
     unit = (COMPOSE / "systemd/shoal-agent.service").read_text()
     settings = dict(re.findall(r"(?m)^([A-Za-z]+)=(.*)$", unit))
-    assert settings["ExecStart"] == "/opt/shoal/.venv/bin/shoal-agent"
+    assert settings["ExecStart"] == "/opt/shoal/current/bin/shoal-agent"
     assert settings["EnvironmentFile"] == "/etc/shoal/agent.env"
     assert settings["Restart"] == "on-failure" and float(settings["RestartSec"]) > 0
+    # Self-upgrade (agent/venvs.py): exit 75 restarts, /opt/shoal is writable, and a
+    # version that cannot start is put back before ExecStart (tests/integration/
+    # test_venv_upgrade.py runs that rule).
+    assert settings["RestartForceExitStatus"] == settings["SuccessExitStatus"] == str(RESTART_EXIT)
+    assert settings["ReadWritePaths"] == "/opt/shoal"
+    assert settings["ExecStartPre"].startswith("-/bin/sh -c 'cd /opt/shoal ")
     assert settings["KillSignal"] == "SIGTERM"
     assert settings["StateDirectory"] == "shoal"
     assert "SHOAL_STATE_DIR=/var/lib/shoal" in unit
