@@ -73,14 +73,19 @@ async def run_agent(agent: Agent, layout: Layout | None = None) -> None:
             await agent.start()
         else:
             log.info("on trial as version %s until %s", trial.version, time.ctime(trial.deadline))
+            assert layout is not None
             try:
                 async with asyncio.timeout(max(0.0, trial.deadline - time.time())):
                     await agent.start()
             except TimeoutError:
-                assert layout is not None
-                layout.fall_back(trial, "the new agent did not connect and heartbeat in time")
-                raise AgentRestart(f"upgrade to {trial.version} timed out") from None
-            assert layout is not None
+                if layout.fall_back(trial, "the new agent did not connect and heartbeat in time"):
+                    raise AgentRestart(f"upgrade to {trial.version} timed out") from None
+                raise AgentStartError("the agent did not start within the deadline") from None
+            except AgentConfigError as exc:
+                # Exit 2 is not restarted: go back now rather than stay down on trial.
+                if layout.fall_back(trial, f"the new agent refused its configuration: {exc}"):
+                    raise AgentRestart(f"upgrade to {trial.version} refused: {exc}") from exc
+                raise
             layout.commit(trial)
             agent.heartbeat.upgrade_failed = None
         await agent.serve_forever()

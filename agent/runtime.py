@@ -341,7 +341,7 @@ class Agent:
 
     def request_restart(self, why: str) -> None:
         """Stop as :meth:`request_stop` does, for the process to exit ``RESTART_EXIT``
-        (75) afterwards, which the agent's service manager restarts at once."""
+        (75) afterwards, which the agent's service manager restarts."""
         log.info("restarting: %s", why)
         self.restart_requested = True
         self._stop_requested.set()

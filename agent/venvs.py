@@ -14,7 +14,7 @@ An agent installed as a host service (compose/systemd/shoal-agent.service) runs 
    configuration (``--check-config``). If either fails, nothing has changed.
 3. It writes ``upgrade.env`` (the venv it comes from, the one it goes to, a deadline)
    beside the venvs, points ``current`` at the new venv (one rename) and exits 75, which
-   the unit restarts at once.
+   the unit restarts (after its ``RestartSec``).
 4. The new agent is on trial until it has connected, subscribed and sent its first
    heartbeat: then it commits (removes ``upgrade.env``). Past the deadline it points
    ``current`` back, says why in ``upgrade-failed.env`` and exits 75, and the old agent
@@ -46,7 +46,7 @@ from .errors import AgentRestart
 log = logging.getLogger("shoal.agent.upgrade")
 
 RESTART_EXIT = 75
-"""The agent's exit code when it wants its service manager to start it again at once."""
+"""The agent's exit code when it wants its service manager to start it again."""
 TRIAL_FILE = "upgrade.env"
 FAILED_FILE = "upgrade-failed.env"
 VENVS = "venvs"
@@ -165,7 +165,9 @@ class Layout:
     def begin(self, target: str, version: str, deadline: float) -> Trial:
         """Write the trial marker, then point ``current`` at ``target``: the next start
         runs the new version."""
-        trial = Trial(self.running, _token(target, "venv name"), version, int(deadline))
+        trial = Trial(
+            self.running, _token(target, "venv name"), _token(version, "version"), int(deadline)
+        )
         self.failed_file.unlink(missing_ok=True)
         _write_atomically(self.trial_file, trial.render())
         try:
@@ -187,14 +189,24 @@ class Layout:
                 shutil.rmtree(venv, ignore_errors=True)
         log.info("upgrade to %s committed (the way back: %s)", trial.version, trial.source)
 
-    def fall_back(self, trial: Trial, reason: str) -> None:
-        """Point ``current`` back at the venv the trial came from, and say why."""
-        self.point_at(trial.source)
+    def fall_back(self, trial: Trial, reason: str) -> bool:
+        """Point ``current`` back at the venv the trial came from, and say why; False (the
+        trial ended, ``current`` left as it is) if that venv is gone."""
+        went_back = (self.venv(trial.source) / "bin").is_dir()
+        if went_back:
+            self.point_at(trial.source)
+        else:
+            reason += f"; but {self.venv(trial.source)} is gone, so {trial.target} stays"
+        self._end(trial, reason)
+        log.error("upgrade to %s rolled back to %s: %s", trial.version, trial.source, reason)
+        return went_back
+
+    def _end(self, trial: Trial, reason: str) -> None:
+        """Record why ``trial`` ended without a commit, and remove its marker."""
         text = trial.render() + f"SHOAL_UPGRADE_REASON={' '.join(reason.split())[:400]}\n"
         _write_atomically(self.failed_file, text)
         self.trial_file.unlink(missing_ok=True)
         _sync_dir(self.root)
-        log.error("upgrade to %s rolled back to %s: %s", trial.version, trial.source, reason)
 
     def point_at(self, name: str) -> None:
         """Replace the ``current`` link in one rename (readers see the old or the new)."""
@@ -209,19 +221,22 @@ class Layout:
     def at_start(self, now: float | None = None) -> Trial | None:
         """The trial this agent starts under, if it is the one on trial.
 
-        A trial whose deadline has passed is put back here (the caller then exits
-        :data:`RESTART_EXIT` on the :class:`AgentRestart` raised); a marker left by an agent that is
-        not the one on trial (``current`` was pointed back by hand) is cleared.
+        A trial whose deadline has passed is put back here, and :class:`AgentRestart`
+        raised (the caller exits :data:`RESTART_EXIT`) unless the venv it came from is
+        gone (then this agent stays). A marker left for another venv than this one
+        (``current`` was pointed elsewhere by hand) only ends the trial.
         """
         trial = self.trial()
         if trial is None:
             return None
         if trial.target != self.running:
-            self.fall_back(trial, f"the agent started from {self.running} before {trial.target}")
+            self._end(trial, f"the agent started from {self.running}, not {trial.target}")
             return None
         if (now if now is not None else time.time()) >= trial.deadline:
-            self.fall_back(trial, "the new agent did not connect and heartbeat within the deadline")
-            raise AgentRestart(f"upgrade to {trial.version} timed out; back on {trial.source}")
+            reason = "the new agent did not connect and heartbeat within the deadline"
+            if self.fall_back(trial, reason):
+                raise AgentRestart(f"upgrade to {trial.version} timed out; back on {trial.source}")
+            return None
         return trial
 
 
@@ -298,8 +313,11 @@ async def install(
     if target.name == layout.running:
         raise UpgradeFailed(f"this agent already runs from {target}")
     tell: Say = say or _quiet
-    if await _checked(target, version, agent_args, quiet=True):
-        await tell(f"{target} holds {version} already")  # a way back needs no index
+    if await _reports(target, version):
+        # The way back after an upgrade, kept for that: reused as it is (no index needed),
+        # and never removed, even if it refuses this host's configuration.
+        await tell(f"{target} holds {version} already")
+        await _check_config(target, agent_args)
         return target
     base = python or getattr(sys, "_base_executable", None) or sys.executable
     shutil.rmtree(target, ignore_errors=True)  # a venv left by an earlier attempt
@@ -319,30 +337,41 @@ async def install(
     return target
 
 
-async def _checked(
-    target: Path, version: str, agent_args: Sequence[str], *, quiet: bool = False
-) -> bool:
-    """Whether the agent in ``target`` reports ``version`` and accepts the configuration;
-    with ``quiet`` False, :class:`UpgradeFailed` says why not."""
-    agent = str(target / "bin" / "shoal-agent")
+async def _reports(target: Path, version: str) -> bool:
+    """Whether ``target`` holds an agent that reports ``version``."""
+    agent = target / "bin" / "shoal-agent"
+    if not os.access(agent, os.X_OK):
+        return False
     try:
-        if quiet and not os.access(agent, os.X_OK):
-            return False
-        reported = await _run([agent, "--version"], "the new agent's --version", CHECK_TIMEOUT)
-        if reported.split()[-1:] != [version]:
-            raise UpgradeFailed(
-                f"the installed agent reports {reported.strip()[:120]!r}, not {version}"
-            )
-        await _run(
-            [agent, *agent_args, "--check-config"],
-            "the new agent's check of this host's configuration",
-            CHECK_TIMEOUT,
-        )
+        await _check_version(target, version)
     except UpgradeFailed:
-        if quiet:
-            return False
-        raise
+        return False
     return True
+
+
+async def _checked(target: Path, version: str, agent_args: Sequence[str]) -> None:
+    """:class:`UpgradeFailed` unless the agent in ``target`` reports ``version`` and
+    accepts this host's configuration."""
+    await _check_version(target, version)
+    await _check_config(target, agent_args)
+
+
+async def _check_version(target: Path, version: str) -> None:
+    agent = str(target / "bin" / "shoal-agent")
+    reported = await _run([agent, "--version"], "the new agent's --version", CHECK_TIMEOUT)
+    if reported.split()[-1:] != [version]:
+        raise UpgradeFailed(
+            f"the installed agent reports {reported.strip()[:120]!r}, not {version} (give"
+            " the version exactly as the package spells it)"
+        )
+
+
+async def _check_config(target: Path, agent_args: Sequence[str]) -> None:
+    await _run(
+        [str(target / "bin" / "shoal-agent"), *agent_args, "--check-config"],
+        "the new agent's check of this host's configuration",
+        CHECK_TIMEOUT,
+    )
 
 
 async def _quiet(_: str) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ LEASE_REFRESH = 1.5
 TICK = 5.0
 """Seconds between full passes when nothing wakes the reconciler earlier."""
 STANDBY_RETRY = 1.0
+RECORDS_REREAD = 60.0
+"""Seconds a leader trusts its own copy of the convergence records before reading them
+all again. Only the lease holder writes them, and it keeps its copy up to date as it
+does; the copy is read afresh whenever the lease is taken."""
 RECONCILER_SENDER = "shoal-serve"
 """How a reconciler's requests and locks are signed off (``shoal-serve:NAME@HOST``)."""
 
@@ -91,6 +96,8 @@ class Reconciler:
         self.leader = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._records: dict[str, Record] | None = None
+        self._records_read = 0.0
 
     def say(self, message: str) -> None:
         log.info("%s", message)
@@ -175,6 +182,7 @@ class Reconciler:
         if not lease.locked:
             raise FleetError("the reconciler needs JetStream (for its lease and the desired state)")
         self.leader = True
+        self._records = None  # another leader wrote records since this one last read them
         self.stats.leader_since = utcnow()
         self.say(f"{self.holder} holds the reconciler lease")
         await self._break_stale_locks()
@@ -226,7 +234,7 @@ class Reconciler:
         """One pass: every declaration against every host it selects."""
         self.stats.passes += 1
         declarations = await self.store.declarations()
-        records = await self.store.all_records()
+        records = await self._all_records()
         hosts = self._current_hosts()
         now = utcnow()
         for name, declaration in declarations.items():
@@ -261,6 +269,26 @@ class Reconciler:
                     self._deploy(declaration, due, records), name=f"converge-{name}"
                 )
 
+    # --- the convergence records, and this leader's copy of them ---------------------------
+
+    async def _all_records(self) -> dict[str, Record]:
+        now = time.monotonic()
+        if self._records is None or now - self._records_read >= RECORDS_REREAD:
+            self._records = await self.store.all_records()
+            self._records_read = now
+        return self._records
+
+    async def _write(self, record: Record) -> None:
+        if self._records is not None:
+            self._records[record.key] = record
+        await self.store.write(record)
+
+    async def _purge(self, key: str) -> None:
+        if self._records is not None:
+            self._records.pop(key, None)
+        with contextlib.suppress(FleetError):
+            await (await self.store.records()).purge(key)
+
     async def _deploy(
         self, declaration: Declaration, due: list[tuple[str, str]], records: dict[str, Record]
     ) -> None:
@@ -268,7 +296,7 @@ class Reconciler:
         reasons = ", ".join(f"{h} ({r})" for h, r in sorted(due))
         self.say(f"{declaration.name} generation {declaration.generation}: deploying to {reasons}")
         for host in hosts:
-            await self.store.write(
+            await self._write(
                 Record(
                     service=declaration.name,
                     host=host,
@@ -305,8 +333,7 @@ class Reconciler:
         finally:
             # Hosts the rollout never reached go back to drifted (tried again next pass).
             for host in set(hosts) - finished:
-                with contextlib.suppress(FleetError):
-                    await (await self.store.records()).purge(record_key(declaration.name, host))
+                await self._purge(record_key(declaration.name, host))
             self.stats.deploys += 1
         if wake:
             self._wake.set()
@@ -330,8 +357,7 @@ class Reconciler:
             )
             self.say(f"{declaration.name} on {event.host}: {event.outcome}")
         elif event.outcome == "missing":
-            with contextlib.suppress(FleetError):
-                await (await self.store.records()).purge(key)
+            await self._purge(key)
             return
         else:
             reason = event.error.message if event.error is not None else event.outcome
@@ -341,7 +367,7 @@ class Reconciler:
                 f" {record.attempts}, next try at {record.next_try:%H:%M:%S}"
             )
         records[key] = record
-        await self.store.write(record)
+        await self._write(record)
 
     def _remove(self, declaration: Declaration, hosts: list[AgentRecord]) -> None:
         """A deleted declaration: remove the service where it runs; forget it when gone."""
@@ -366,6 +392,9 @@ class Reconciler:
 
     async def _forget(self, name: str) -> None:
         await self.store.forget(name)
+        if self._records is not None:
+            for key in [k for k in self._records if k.startswith(f"{name}.")]:
+                del self._records[key]
         self.say(f"{name}: removed everywhere; its declaration is forgotten")
 
 

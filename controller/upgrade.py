@@ -231,6 +231,7 @@ async def _one(
         if host not in sent.replies:
             return HostUpgrade(host, "missing", "did not answer the upgrade request")
         answer: UpgradeResult = sent.replies[host]
+        before = answer.instance or before  # the registry's may be older than the answer
         outcome = HostUpgrade(
             host,
             "dry_run" if answer.dry_run else "failed",

@@ -882,6 +882,9 @@ class UpgradeResult(_Result):
     old_image: str = ""
     new_image: str = ""
     old_version: str
+    instance: str = Field(
+        default="", description="The answering agent's instance: the one being replaced."
+    )
     venv: str = Field(default="", description="process: the venv the new version runs from.")
     old_venv: str = Field(default="", description="process: the venv it falls back to.")
     helper: str = Field(default="", description="The helper container's id (none in a dry run).")

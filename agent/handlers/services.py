@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from pydantic import BaseModel
 
 from shoal.protocol import (
     DeployArgs,
+    ErrorCode,
     PullArgs,
     RemoveArgs,
     RollbackArgs,
     ServicesArgs,
+    ShoalError,
     Verb,
 )
 
@@ -22,31 +27,40 @@ def deployer(ctx: RequestContext) -> Deployer:
     return Deployer(ctx.host)
 
 
-def _changed(ctx: RequestContext, args: DeployArgs | RollbackArgs | RemoveArgs) -> None:
-    """Heartbeat soon, so the reconciler and dashboards see the new services at once."""
-    if not getattr(args, "dry_run", False):
-        ctx.host.services_changed()
+UNCHANGED = frozenset(
+    {ErrorCode.BAD_REQUEST, ErrorCode.POLICY_DENIED, ErrorCode.CONFLICT, ErrorCode.NOT_FOUND}
+)
+"""Refusals that leave the services as they were: no heartbeat for them."""
+
+Work = TypeVar("Work", bound=BaseModel)
+
+
+async def _changing(
+    ctx: RequestContext, args: DeployArgs | RollbackArgs | RemoveArgs, work: Awaitable[Work]
+) -> Work:
+    """Run ``work``, then heartbeat soon, so the reconciler and dashboards see the new
+    services at once; not after a dry run or a refusal that changed nothing."""
+    changed = not getattr(args, "dry_run", False)
+    try:
+        return await work
+    except ShoalError as exc:
+        changed = changed and exc.code not in UNCHANGED
+        raise
+    finally:
+        if changed:
+            ctx.host.services_changed()
 
 
 async def handle_deploy(ctx: RequestContext, args: DeployArgs) -> BaseModel:
-    try:
-        return await deployer(ctx).deploy(ctx, args)
-    finally:
-        _changed(ctx, args)
+    return await _changing(ctx, args, deployer(ctx).deploy(ctx, args))
 
 
 async def handle_rollback(ctx: RequestContext, args: RollbackArgs) -> BaseModel:
-    try:
-        return await deployer(ctx).rollback(ctx, args)
-    finally:
-        _changed(ctx, args)
+    return await _changing(ctx, args, deployer(ctx).rollback(ctx, args))
 
 
 async def handle_remove(ctx: RequestContext, args: RemoveArgs) -> BaseModel:
-    try:
-        return await deployer(ctx).remove(ctx, args)
-    finally:
-        _changed(ctx, args)
+    return await _changing(ctx, args, deployer(ctx).remove(ctx, args))
 
 
 async def handle_services(ctx: RequestContext, args: ServicesArgs) -> BaseModel:

@@ -68,6 +68,7 @@ async def handle_upgrade(ctx: RequestContext, args: UpgradeArgs) -> BaseModel:
         old_image=old_image,
         new_image=image,
         old_version=__version__,
+        instance=ctx.host.instance,
         dry_run=args.dry_run,
     )
     if args.dry_run:
@@ -105,6 +106,7 @@ async def _upgrade_venv(ctx: RequestContext, args: UpgradeArgs) -> BaseModel:
         venv=str(layout.venv(version)),
         old_venv=str(layout.venv(layout.running)),
         old_version=__version__,
+        instance=ctx.host.instance,
         dry_run=args.dry_run,
     )
     if args.dry_run:

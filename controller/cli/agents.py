@@ -37,6 +37,7 @@ from .common import (
     run,
     usage_error,
 )
+from .shared import YesOpt
 
 CLOCK_WARN = 2.0
 """Seconds of clock difference from the NATS server beyond which CLOCK is shown."""
@@ -219,7 +220,7 @@ def upgrade(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and pull on every host; replace nothing.")
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     host: HostsOpt = None,
     selector: LabelsOpt = None,
     server: ServerOpt = None,

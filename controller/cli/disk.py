@@ -50,6 +50,7 @@ from .common import (
     show_result,
     usage_error,
 )
+from .shared import YesOpt
 
 KIND_NAMES = [k.value for k in PruneKind] + ["system"]
 
@@ -332,7 +333,7 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show exactly what would be removed; remove nothing.")
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     host: HostsOpt = None,
     selector: LabelsOpt = None,
     limit: LimitOpt = None,

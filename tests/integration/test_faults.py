@@ -199,11 +199,13 @@ async def answers_ping(nc: NATS, host: str, signer: Signer | None = None) -> boo
 
 
 async def settle(agent: Agent) -> None:
-    """Wait (bounded) until the agent has no request task left."""
-    tasks = set(agent._tasks)
+    """Wait (bounded) until the agent has no request task left, nor a heartbeat one asked
+    for (a broadcast ping's announce, the beat after a service change): those call the
+    engine too, and would count against the next case."""
+    tasks = set(agent._tasks) | set(agent._background)
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=REPLY_WAIT)
-        assert not pending, f"{len(pending)} request task(s) still running"
+        assert not pending, f"{len(pending)} request or heartbeat task(s) still running"
     assert agent._pending == 0
 
 

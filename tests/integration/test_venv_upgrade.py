@@ -95,11 +95,11 @@ class Unit:
         )
 
     def restarts_after(self, code: int) -> bool:
-        """systemd's rule: forced codes restart, prevented ones do not, then Restart=."""
-        if code in self.force:
-            return True
+        """systemd's rule: prevented codes do not restart, forced ones do, then Restart=."""
         if code in self.prevent:
             return False
+        if code in self.force:
+            return True
         clean = code == 0 or code in self.success or code == -signal.SIGTERM
         return self.restart == "always" or (self.restart == "on-failure" and not clean)
 
@@ -362,6 +362,13 @@ def test_the_units_start_check_puts_the_previous_venv_back_only_past_the_deadlin
     assert (root / "upgrade.env").exists() and not (root / "upgrade-failed.env").exists()
     pre(int(time.time()) - 1, source="../../etc")  # not a plain name: left alone
     assert str((root / "current").readlink()) == "venvs/0.2.0"
+    (root / "venvs" / "0.1.0" / "bin").rename(root / "venvs" / "0.1.0" / "gone")
+    pre(int(time.time()) - 1)  # the venv to go back to is gone: left alone
+    assert str((root / "current").readlink()) == "venvs/0.2.0"
+    (root / "venvs" / "0.1.0" / "gone").rename(root / "venvs" / "0.1.0" / "bin")
+    (root / "upgrade.env").write_text("SHOAL_UPGRADE_FROM=0.1.0\n$(touch pwned)\n")
+    done = subprocess.run(unit.pre, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and not (root / "pwned").exists()  # read, never run
     pre(int(time.time()) - 1)  # past the deadline: back, and why
     assert str((root / "current").readlink()) == "venvs/0.1.0"
     assert not (root / "upgrade.env").exists()

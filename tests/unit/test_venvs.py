@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shoal.agent.cli import run_agent
-from shoal.agent.errors import AgentRestart
+from shoal.agent.errors import AgentConfigError, AgentRestart
 from shoal.agent.venvs import Layout, Trial, find_layout, install, parse_env_file, require_layout
 from shoal.protocol import BadRequest, UpgradeFailed
 
@@ -151,3 +151,61 @@ async def test_an_agent_on_trial_commits_once_started_or_goes_back_at_the_deadli
         assert str((root / "current").readlink()) == "venvs/0.2.0"
         assert agent.heartbeat.upgrade_failed is None
     assert layout.trial() is None and agent.stopped
+
+
+def test_a_trial_whose_way_back_is_gone_ends_and_the_new_agent_stays(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "0.1.0", "0.2.0")
+    Layout(root, "0.1.0").begin("0.2.0", "0.2.0", time.time() + 5)
+    (root / "venvs" / "0.1.0" / "bin").rmdir()
+    new = Layout(root, "0.2.0")
+    assert new.at_start(now=time.time() + 10) is None  # no restart into nothing
+    assert str((root / "current").readlink()) == "venvs/0.2.0"
+    assert new.trial() is None and "is gone" in (new.last_failure() or "")
+
+
+def fake_agent(venv: Path, version: str, config_ok: bool) -> None:
+    script = venv / "bin" / "shoal-agent"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = --version ] && {{ echo "shoal-agent {version}"; exit 0; }}\n'
+        f"echo 'unknown key upgrade.versions' >&2; exit {0 if config_ok else 1}\n"
+    )
+    script.chmod(0o755)
+
+
+async def test_the_way_back_is_reused_and_never_removed_when_it_refuses_the_config(
+    tmp_path: Path,
+) -> None:
+    root = make_root(tmp_path, "0.1.0", "0.2.0", current="0.2.0")
+    layout = Layout(root, "0.2.0")
+    fake_agent(root / "venvs" / "0.1.0", "0.1.0", config_ok=False)
+    with pytest.raises(UpgradeFailed, match="unknown key"):
+        await install(layout, "0.1.0", python=str(tmp_path / "no-python"))
+    assert (root / "venvs" / "0.1.0" / "bin" / "shoal-agent").exists()
+    fake_agent(root / "venvs" / "0.1.0", "0.1.0", config_ok=True)
+    said: list[str] = []
+
+    async def say(message: str) -> None:
+        said.append(message)
+
+    # No python to make a venv with: reusing the one there must not need it.
+    target = await install(layout, "0.1.0", python=str(tmp_path / "no-python"), say=say)
+    assert target == root / "venvs" / "0.1.0" and said == [f"{target} holds 0.1.0 already"]
+
+
+class RefusingAgent(StubAgent):
+    async def start(self) -> None:
+        raise AgentConfigError("no such setting")
+
+
+async def test_an_agent_on_trial_that_refuses_its_configuration_goes_back_at_once(
+    tmp_path: Path,
+) -> None:
+    root = make_root(tmp_path, "0.1.0", "0.2.0")
+    Layout(root, "0.1.0").begin("0.2.0", "0.2.0", time.time() + 600)
+    layout = Layout(root, "0.2.0")
+    agent: Any = RefusingAgent(0.0)
+    with pytest.raises(AgentRestart):
+        await run_agent(agent, layout)
+    assert str((root / "current").readlink()) == "venvs/0.1.0"
+    assert "refused its configuration: no such setting" in (layout.last_failure() or "")
