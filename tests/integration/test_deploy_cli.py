@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.agents import AgentProcess, CliResult, run_shoal
 from tests.integration.conftest import Keys
+from tests.poll import poll
 from tests.stack import TEST_LABEL, DockerEngine, NatsServer, list_containers
 
 pytestmark = pytest.mark.engine
@@ -152,8 +153,19 @@ def test_a_host_whose_agent_is_down_is_missing_and_the_rollout_pauses(
         trust=keys.trust,
     )
     down.start()
-    down.kill()
     try:
+        # Known to the registry (an answer to a ping can come before the first heartbeat
+        # is stored), then gone.
+        poll(
+            "the registry to know the host",
+            lambda: (
+                run_shoal("agents", "--json", "-H", down.host_id, server=nats_server.url)
+                .json()
+                .get("agents")
+            ),
+            15,
+        )
+        down.kill()
         result = deploy(
             nats_server,
             compose,
@@ -172,6 +184,7 @@ def test_a_host_whose_agent_is_down_is_missing_and_the_rollout_pauses(
         assert doc["rollout"]["hosts"][down.host_id] == "missing"
         assert doc["rollout"]["verdict"] == "paused"
     finally:
+        down.kill()
         run_shoal("agents", "forget", down.host_id, server=nats_server.url)
 
 
