@@ -78,6 +78,10 @@ async def run_agent(agent: Agent, layout: Layout | None = None) -> None:
                 async with asyncio.timeout(max(0.0, trial.deadline - time.time())):
                     await agent.start()
             except TimeoutError:
+                if agent.heartbeat.published:
+                    # Seen by the fleet as the new version: it stays, and starts afresh.
+                    layout.commit(trial)
+                    raise AgentRestart("deadline passed just after the first heartbeat") from None
                 if layout.fall_back(trial, "the new agent did not connect and heartbeat in time"):
                     raise AgentRestart(f"upgrade to {trial.version} timed out") from None
                 raise AgentStartError("the agent did not start within the deadline") from None

@@ -78,6 +78,8 @@ class Heartbeat:
         self.usage: HostStats | None = None
         self.usage_at: datetime | None = None
         self.upgrade_failed: str | None = None
+        self.published = 0
+        """Heartbeats handed to NATS so far."""
         """Why the last upgrade of this agent was put back (agent/venvs.py)."""
         self.containers: int | None = None
         self._sampling: asyncio.Task[None] | None = None
@@ -213,11 +215,12 @@ class Heartbeat:
         if status == "online":
             await self.refresh_services()
         self.write_health(status)
-        await self._connection.publish(
+        if await self._connection.publish(
             self._subjects.heartbeat(self._identity.host_id),
             self.facts(status).model_dump_json().encode(),
             what="a heartbeat",
-        )
+        ):
+            self.published += 1
 
     async def run(self, housekeeping: Callable[[], Awaitable[None]]) -> None:
         """Probe, beat and keep house every heartbeat interval, until cancelled."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -165,9 +166,8 @@ class Layout:
     def begin(self, target: str, version: str, deadline: float) -> Trial:
         """Write the trial marker, then point ``current`` at ``target``: the next start
         runs the new version."""
-        trial = Trial(
-            self.running, _token(target, "venv name"), _token(version, "version"), int(deadline)
-        )
+        name, version = _token(target, "venv name"), _token(version, "version")
+        trial = Trial(self.running, name, version, math.ceil(deadline))
         self.failed_file.unlink(missing_ok=True)
         _write_atomically(self.trial_file, trial.render())
         try:

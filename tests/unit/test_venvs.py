@@ -116,7 +116,7 @@ class StubAgent:
 
     def __init__(self, start_takes: float) -> None:
         self.start_takes = start_takes
-        self.heartbeat = SimpleNamespace(upgrade_failed="old news")
+        self.heartbeat = SimpleNamespace(upgrade_failed="old news", published=0)
         self.stopped = False
 
     def request_stop(self) -> None: ...
@@ -209,3 +209,24 @@ async def test_an_agent_on_trial_that_refuses_its_configuration_goes_back_at_onc
         await run_agent(agent, layout)
     assert str((root / "current").readlink()) == "venvs/0.1.0"
     assert "refused its configuration: no such setting" in (layout.last_failure() or "")
+
+
+class LateAgent(StubAgent):
+    """Sends its first heartbeat, then is slow to finish starting."""
+
+    async def start(self) -> None:
+        self.heartbeat.published = 1
+        await asyncio.sleep(30)
+
+
+async def test_an_agent_on_trial_seen_heartbeating_stays_even_if_the_deadline_cuts_its_start(
+    tmp_path: Path,
+) -> None:
+    root = make_root(tmp_path, "0.1.0", "0.2.0")
+    Layout(root, "0.1.0").begin("0.2.0", "0.2.0", time.time() + 1.5)
+    layout = Layout(root, "0.2.0")
+    agent: Any = LateAgent(0.0)
+    with pytest.raises(AgentRestart, match="just after the first heartbeat"):
+        await run_agent(agent, layout)
+    assert str((root / "current").readlink()) == "venvs/0.2.0"
+    assert layout.trial() is None and layout.last_failure() is None
