@@ -741,8 +741,8 @@ def idle_table(results: IdleResults, config: ConvergeConfig) -> Table:
         "nats-py and validates each with `AgentFacts.model_validate_json`, nothing else.",
         "Without records: the declaration alone, as the brief sets it up. With records: a "
         "`converged` record per host in `SHOAL_CONVERGENCE`, as the reconciler leaves them "
-        "after converging the fleet itself (the steady state); every pass (every 5 s) "
-        "reads them all.",
+        "after converging the fleet itself (the steady state); the leader reads them all "
+        "when it takes the lease and every 60 s, and keeps its own copy between.",
         f"Deploys by `shoal serve` during the whole run: {len(results.deploys)} "
         f"(`{DEPLOYING_LINE}` lines in its log)"
         + (f": {results.deploys[0][:160]}" if results.deploys else "")
